@@ -1,0 +1,123 @@
+/*
+ * conf.h -- the gateway's configuration: INI file parsed with inih, validated
+ * completely at load, secrets resolved. Not the place for runtime state.
+ */
+#ifndef GATEWAY_CONF_H
+#define GATEWAY_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#define CONF_MAX_SECRET_BYTES 4096 /* a secret file larger than this is an error */
+
+enum conf_credential_kind {
+	CONF_CREDENTIAL_PERSONAL, /* Bearer api_key + x-auth-key: user_id */
+	CONF_CREDENTIAL_OAUTH,	  /* Bearer api_key only */
+};
+
+struct conf_listen {
+	char *text;    /* as written, normalised: "127.0.0.1:8080" or "[::1]:8080 tls" */
+	char *host;    /* address without brackets: "127.0.0.1", "::1" */
+	uint16_t port; /* 0 allowed: the kernel picks one */
+	int tls;
+};
+
+struct conf_cidr {
+	int family;		/* AF_INET or AF_INET6 */
+	unsigned char addr[16]; /* network address, host bits cleared */
+	unsigned prefix;	/* 0..32 or 0..128 */
+};
+
+struct conf_credential {
+	char *name;    /* from [credential NAME] */
+	char *user_id; /* resolved secret value */
+	char *api_key; /* resolved secret value; never logged */
+	enum conf_credential_kind kind;
+};
+
+struct conf_client {
+	char *name;		  /* from [client NAME] */
+	char *token;		  /* resolved secret value; never logged */
+	size_t *credentials;	  /* indexes into conf->credentials, in the order given */
+	size_t credential_count;
+	double rate_per_second;	  /* 0: no limit */
+};
+
+struct conf {
+	char *path; /* the file this was loaded from */
+
+	struct conf_listen *listens; /* at least one; default 127.0.0.1:8080 */
+	size_t listen_count;
+	char *tls_cert; /* NULL unless set */
+	char *tls_key;
+
+	struct conf_cidr *allow; /* default 127.0.0.0/8 ::1/128 */
+	size_t allow_count;
+	struct conf_cidr *admin_allow; /* default 127.0.0.0/8 ::1/128 */
+	size_t admin_allow_count;
+
+	char *upstream;	   /* https URL without trailing slash */
+	char *upstream_ca; /* NULL: system store */
+
+	/* durations, in milliseconds */
+	int64_t upstream_timeout_ms;	  /* 30s */
+	int64_t upstream_idle_timeout_ms; /* 60s */
+	int64_t cache_pending_ttl_ms;	  /* 2s */
+	int64_t cache_final_ttl_ms;	  /* 60s */
+	int64_t cache_error_ttl_ms;	  /* 1s */
+	int64_t cache_stale_if_error_ms;  /* 5m */
+	int64_t client_timeout_ms;	  /* 30s */
+	int64_t drain_timeout_ms;	  /* 30s */
+
+	int64_t cache_max_entries; /* 100000 */
+	int64_t max_connections;   /* 10000 */
+	int64_t max_downloads;	   /* 256 */
+
+	char *access_log; /* "-" (stderr), "off", or a path */
+
+	struct conf_credential *credentials; /* at least one; the first is the default */
+	size_t credential_count;
+	struct conf_client *clients; /* may be empty */
+	size_t client_count;
+};
+
+/*
+ * Loads and validates FILE, resolving every secret. On success returns a new conf
+ * owned by the caller (free with conf_free). On failure returns NULL and writes
+ * every error found, one per line as "FILE:LINE: KEY: message", into err (always
+ * NUL-terminated, truncated to errlen). Warnings (a secret file readable by group
+ * or others) go to log_warn and do not fail the load.
+ */
+struct conf *conf_load(const char *path, char *err, size_t errlen);
+
+/* Frees everything, wiping secrets first. NULL is allowed. */
+void conf_free(struct conf *conf);
+
+/* "250ms", "2s", "5m", "1h"; a bare number is seconds. 0 on success, -1 on error. */
+int conf_parse_duration(const char *text, int64_t *ms);
+
+/* "512", "64k", "16m", "1g" (powers of 1024). 0 on success, -1 on error. */
+int conf_parse_size(const char *text, uint64_t *bytes);
+
+/*
+ * Resolves a secret spec: "env:NAME", "file:/path" (whole file, one trailing
+ * newline stripped) or a literal. Empty results are errors. On success *value is
+ * a new string owned by the caller and 0 is returned; on error -1 and a message
+ * (naming the variable or file, never the value) in err. *insecure is set to 1
+ * when a file secret is readable by group or others.
+ */
+int conf_resolve_secret(const char *spec, char **value, int *insecure, char *err,
+			size_t errlen);
+
+/* "10.0.0.0/8", "::1/128", "192.168.1.7" (a host). 0 on success, -1 on error. */
+int conf_parse_cidr(const char *text, struct conf_cidr *cidr);
+
+/* 1 if addr (AF_INET, AF_INET6, IPv4-mapped IPv6 too) is inside any of cidrs. */
+int conf_cidr_match(const struct conf_cidr *cidrs, size_t count,
+		    const struct sockaddr *addr);
+
+/* Index of the credential with this user id, or -1. */
+int conf_find_credential_by_user_id(const struct conf *conf, const char *user_id);
+
+#endif
