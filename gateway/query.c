@@ -1,0 +1,210 @@
+/*
+ * query.c -- the /export_status query string, decoded strictly. Anything a lenient
+ * decoder would let through (bad %-escapes, %00, repeats) is refused here.
+ */
+#include "query.h"
+
+#include <string.h>
+
+#define QUERY_MAX_PARAMS 32
+#define QUERY_MAX_NAME_BYTES 64
+
+static int hex_value(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * Decodes src[0..len) into out (capacity cap, NUL-terminated). Returns the decoded
+ * length, -1 on a bad escape or a NUL byte, -2 when it does not fit.
+ */
+static long percent_decode(const char *src, size_t len, char *out, size_t cap)
+{
+	size_t in = 0, n = 0;
+
+	while (in < len) {
+		unsigned char c = (unsigned char)src[in];
+
+		if (c == '%') {
+			int high, low;
+
+			if (in + 2 >= len)
+				return -1;
+			high = hex_value(src[in + 1]);
+			low = hex_value(src[in + 2]);
+			if (high < 0 || low < 0)
+				return -1;
+			c = (unsigned char)(high * 16 + low);
+			in += 3;
+		} else {
+			in++;
+		}
+		if (c == '\0')
+			return -1;
+		if (n + 1 >= cap)
+			return -2;
+		out[n++] = (char)c;
+	}
+	out[n] = '\0';
+	return (long)n;
+}
+
+static int is_printable_token(const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if (*s < 0x21 || *s > 0x7e)
+			return 0;
+	}
+	return 1;
+}
+
+struct param {
+	char name[QUERY_MAX_NAME_BYTES + 1]; /* decoded */
+	const char *value;		     /* still encoded */
+	size_t value_len;
+};
+
+static int split_params(const char *raw, struct param *params, size_t *count,
+			const char **message)
+{
+	const char *cursor = raw;
+
+	*count = 0;
+	while (*cursor != '\0') {
+		const char *end = strchr(cursor, '&');
+		const char *equals;
+		size_t len = end ? (size_t)(end - cursor) : strlen(cursor);
+
+		if (len > 0) {
+			struct param *p;
+			size_t name_len;
+
+			if (*count == QUERY_MAX_PARAMS) {
+				*message = "too many query parameters";
+				return -1;
+			}
+			p = &params[(*count)++];
+			equals = memchr(cursor, '=', len);
+			name_len = equals ? (size_t)(equals - cursor) : len;
+			if (percent_decode(cursor, name_len, p->name, sizeof(p->name)) < 0) {
+				*message = "malformed or overlong query parameter name";
+				return -1;
+			}
+			p->value = equals ? equals + 1 : cursor + len;
+			p->value_len = equals ? len - name_len - 1 : 0;
+		}
+		if (end == NULL)
+			break;
+		cursor = end + 1;
+	}
+	return 0;
+}
+
+static int check_repeats(const struct param *params, size_t count, const char **message)
+{
+	for (size_t i = 0; i < count; i++) {
+		for (size_t j = 0; j < i; j++) {
+			if (strcmp(params[i].name, params[j].name) == 0) {
+				*message = "a query parameter is given more than once";
+				return -1;
+			}
+		}
+	}
+	return 0;
+}
+
+static int parse_download(const struct param *p, int *download, const char **message)
+{
+	char value[8];
+
+	if (percent_decode(p->value, p->value_len, value, sizeof(value)) < 0)
+		value[0] = '\0';
+	if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0) {
+		*download = 1;
+		return 0;
+	}
+	if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0) {
+		*download = 0;
+		return 0;
+	}
+	*message = "download must be true, false, 1 or 0";
+	return -1;
+}
+
+/* The messages for one identifier parameter, in the order of its checks. */
+struct token_messages {
+	const char *invalid;
+	const char *too_long;
+	const char *empty;
+};
+
+static const struct token_messages id_messages = {
+	"data_export_id must be printable ASCII without spaces",
+	"data_export_id is longer than 256 bytes",
+	"data_export_id is empty",
+};
+
+static const struct token_messages user_id_messages = {
+	"user_id must be printable ASCII without spaces",
+	"user_id is longer than 256 bytes",
+	"user_id is empty",
+};
+
+static int parse_token(const struct param *p, char *out, size_t cap,
+		       const struct token_messages *messages, const char **message)
+{
+	long n = percent_decode(p->value, p->value_len, out, cap);
+
+	if (n == -1 || (n >= 0 && !is_printable_token(out)))
+		*message = messages->invalid;
+	else if (n == -2)
+		*message = messages->too_long;
+	else if (n == 0)
+		*message = messages->empty;
+	else
+		return 0;
+	return -1;
+}
+
+int query_parse(const char *raw, struct query *q, const char **message)
+{
+	struct param params[QUERY_MAX_PARAMS];
+	size_t count = 0;
+	int have_id = 0;
+
+	memset(q, 0, sizeof(*q));
+	if (raw == NULL)
+		raw = "";
+	if (split_params(raw, params, &count, message) < 0 ||
+	    check_repeats(params, count, message) < 0)
+		return -1;
+	for (size_t i = 0; i < count; i++) {
+		const struct param *p = &params[i];
+
+		if (strcmp(p->name, "data_export_id") == 0) {
+			if (parse_token(p, q->data_export_id, sizeof(q->data_export_id),
+					&id_messages, message) < 0)
+				return -1;
+			have_id = 1;
+		} else if (strcmp(p->name, "user_id") == 0) {
+			if (parse_token(p, q->user_id, sizeof(q->user_id), &user_id_messages,
+					message) < 0)
+				return -1;
+			q->has_user_id = 1;
+		} else if (strcmp(p->name, "download") == 0) {
+			if (parse_download(p, &q->download, message) < 0)
+				return -1;
+		}
+	}
+	if (!have_id) {
+		*message = "data_export_id is required";
+		return -1;
+	}
+	return 0;
+}
