@@ -1,0 +1,39 @@
+/*
+ * auth.h -- who may call: the address allowlists, client tokens and the
+ * credentials each client was granted. Decisions only; answers are the server's.
+ */
+#ifndef GATEWAY_AUTH_H
+#define GATEWAY_AUTH_H
+
+#include <sys/socket.h>
+
+struct conf;
+struct auth;
+
+/* Token digests for conf's clients. conf must outlive the result. NULL on error. */
+struct auth *auth_new(const struct conf *conf);
+void auth_free(struct auth *auth);
+
+/* 1 if addr may call the API (allow), resp. read /metrics (admin_allow). */
+int auth_address_allowed(const struct auth *auth, const struct sockaddr *addr);
+int auth_admin_allowed(const struct auth *auth, const struct sockaddr *addr);
+
+/* 1 when the config has [client] sections, so every API call needs a token. */
+int auth_tokens_required(const struct auth *auth);
+
+/*
+ * The client whose token is in authorization ("Bearer TOKEN"), compared in
+ * constant time over SHA-256 digests. Returns its index in conf->clients, or -1
+ * (missing header, other scheme, unknown token).
+ */
+int auth_client(const struct auth *auth, const char *authorization);
+
+/*
+ * The credential to use: client is an index from auth_client, or -1 without
+ * [client] sections; user_id NULL means the default (the client's first grant,
+ * else the first credential). Returns an index in conf->credentials, or -1 when
+ * the user id is unknown or not granted (the caller answers 403 either way).
+ */
+int auth_credential(const struct auth *auth, int client, const char *user_id);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * upstream.h -- calls to the Gumloop API: one libcurl multi handle driven by the
+ * gateway's libevent loop (the shape of curl's hiperfifo.c). Nothing here blocks.
+ * It knows how to build a Gumloop request (credential injection); it does not
+ * know about clients, caching or HTTP answers to clients.
+ */
+#ifndef GATEWAY_UPSTREAM_H
+#define GATEWAY_UPSTREAM_H
+
+#include <stddef.h>
+
+struct event_base;
+struct evbuffer;
+struct conf;
+struct conf_credential;
+struct query;
+
+#define UPSTREAM_MAX_JSON_BYTES (1024 * 1024)
+
+enum upstream_outcome {
+	UPSTREAM_OK,		  /* a complete HTTP response arrived */
+	UPSTREAM_CONNECT_FAILED,  /* DNS, TCP or TLS (certificate) failure */
+	UPSTREAM_TIMEOUT,	  /* upstream_timeout elapsed */
+	UPSTREAM_TOO_LARGE,	  /* body over UPSTREAM_MAX_JSON_BYTES */
+	UPSTREAM_FAILED,	  /* reset, closed before headers, anything else */
+};
+
+struct upstream_result {
+	enum upstream_outcome outcome;
+	long status;		  /* HTTP status; 0 unless UPSTREAM_OK */
+	const char *content_type; /* NULL when upstream sent none */
+	struct evbuffer *body;	  /* the response body; the callee may drain it */
+	double seconds;		  /* total time of the transfer */
+	const char *error;	  /* human text for failures: no URL, no secret */
+};
+
+struct upstream;
+struct upstream_call;
+
+/* Called once per call that was not cancelled; the call is freed right after. */
+typedef void (*upstream_done_cb)(const struct upstream_result *result, void *arg);
+
+/* A multi handle on base. Returns NULL (logged) on failure. */
+struct upstream *upstream_new(struct event_base *base);
+
+/* Cancels every call still running (their callbacks do not fire) and frees. */
+void upstream_free(struct upstream *upstream);
+
+/*
+ * Starts GET {conf->upstream}/export_status for q with credential's key and user
+ * id injected. The body is capped at UPSTREAM_MAX_JSON_BYTES. The request carries
+ * nothing from the client but the validated query values. Returns NULL (logged)
+ * when the transfer could not be started; done fires later, never from inside
+ * this call.
+ */
+struct upstream_call *upstream_start_status(struct upstream *upstream,
+					    const struct conf *conf,
+					    const struct conf_credential *credential,
+					    const struct query *q, upstream_done_cb done,
+					    void *arg);
+
+/* Aborts a running call at once; its callback does not fire. */
+void upstream_cancel(struct upstream_call *call);
+
+/* Number of calls in flight. */
+size_t upstream_active(const struct upstream *upstream);
+
+#endif
