@@ -1,0 +1,240 @@
+/*
+ * main.c -- wires config, server and signals together; no logic of its own
+ * beyond the command line and the process lifecycle.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "conf.h"
+#include "log.h"
+#include "server.h"
+
+#define CONF_ERRORS_MAX 8192
+
+struct gateway {
+	struct event_base *base;
+	struct server *server;
+	const char *conf_path;
+	int64_t drain_timeout_ms;
+	struct event *drain_timer;
+	int stopping;
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: gumloop-gateway [-c FILE] [-t] [-V] [-h]\n"
+		     "  -c FILE   config file (default: %s when installed, else conf/gateway.conf)\n"
+		     "  -t        check the config and every secret, print \"config ok\"\n"
+		     "  -V        print the version\n"
+		     "  -h        this help\n",
+		SYSCONFDIR "/gumloop-gateway.conf");
+}
+
+/* An installed binary reads $sysconfdir; one run from the build tree, conf/. */
+static const char *default_conf_path(void)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n > 0) {
+		self[n] = '\0';
+		if (strncmp(self, BINDIR "/", strlen(BINDIR) + 1) == 0)
+			return SYSCONFDIR "/gumloop-gateway.conf";
+	}
+	return "conf/gateway.conf";
+}
+
+static struct conf *load(const char *path)
+{
+	char *errors = malloc(CONF_ERRORS_MAX);
+	struct conf *conf;
+
+	if (errors == NULL)
+		return NULL;
+	errors[0] = '\0';
+	conf = conf_load(path, errors, CONF_ERRORS_MAX);
+	if (conf == NULL) {
+		char *line, *save = NULL;
+
+		for (line = strtok_r(errors, "\n", &save); line != NULL;
+		     line = strtok_r(NULL, "\n", &save))
+			log_error("%s", line);
+	}
+	free(errors);
+	return conf;
+}
+
+static void on_drained(void *arg)
+{
+	struct gateway *gateway = arg;
+
+	log_info("all requests finished, exiting");
+	event_base_loopexit(gateway->base, NULL);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct gateway *gateway = arg;
+
+	(void)fd;
+	(void)what;
+	log_warn("drain_timeout reached, closing the connections still open");
+	event_base_loopexit(gateway->base, NULL);
+}
+
+static void on_stop(evutil_socket_t signal_number, short what, void *arg)
+{
+	struct gateway *gateway = arg;
+	struct timeval timeout = {
+		.tv_sec = gateway->drain_timeout_ms / 1000,
+		.tv_usec = (gateway->drain_timeout_ms % 1000) * 1000,
+	};
+
+	(void)what;
+	if (gateway->stopping) {
+		log_warn("second signal %d, exiting now", (int)signal_number);
+		event_base_loopexit(gateway->base, NULL);
+		return;
+	}
+	gateway->stopping = 1;
+	log_info("signal %d: no longer accepting, finishing requests in flight",
+		 (int)signal_number);
+	if (event_add(gateway->drain_timer, &timeout) < 0)
+		event_base_loopexit(gateway->base, NULL);
+	server_drain(gateway->server, on_drained, gateway);
+}
+
+static void on_reload(evutil_socket_t signal_number, short what, void *arg)
+{
+	struct gateway *gateway = arg;
+	struct conf *conf;
+
+	(void)signal_number;
+	(void)what;
+	if (gateway->stopping)
+		return;
+	conf = load(gateway->conf_path);
+	if (conf == NULL) {
+		log_error("reload: %s has errors, the running config stays in force",
+			  gateway->conf_path);
+		return;
+	}
+	{
+		int64_t drain_timeout_ms = conf->drain_timeout_ms;
+
+		if (server_reload(gateway->server, conf) < 0) {
+			log_error("reload: cannot apply %s, the running config stays in force",
+				  gateway->conf_path);
+			conf_free(conf);
+			return;
+		}
+		gateway->drain_timeout_ms = drain_timeout_ms;
+	}
+	log_info("reload: %s is in force", gateway->conf_path);
+}
+
+static int run(struct gateway *gateway, struct conf *conf)
+{
+	struct event *signals[4] = { NULL };
+	int numbers[4] = { SIGTERM, SIGINT, SIGHUP, 0 };
+	int status = 1;
+	size_t i;
+
+	gateway->base = event_base_new();
+	if (gateway->base == NULL)
+		goto done;
+	gateway->drain_timeout_ms = conf->drain_timeout_ms;
+	gateway->drain_timer = evtimer_new(gateway->base, on_drain_timeout, gateway);
+	if (gateway->drain_timer == NULL)
+		goto done;
+	for (i = 0; numbers[i] != 0; i++) {
+		signals[i] = evsignal_new(gateway->base, numbers[i],
+					  numbers[i] == SIGHUP ? on_reload : on_stop, gateway);
+		if (signals[i] == NULL || event_add(signals[i], NULL) < 0)
+			goto done;
+	}
+	gateway->server = server_new(gateway->base, conf);
+	if (gateway->server == NULL) {
+		conf_free(conf);
+		conf = NULL;
+		goto done;
+	}
+	conf = NULL;
+	log_info("gumloop-gateway %s started", PACKAGE_VERSION);
+	if (event_base_dispatch(gateway->base) < 0)
+		goto done;
+	status = 0;
+done:
+	if (conf != NULL)
+		conf_free(conf);
+	server_free(gateway->server);
+	for (i = 0; i < 3; i++) {
+		if (signals[i] != NULL)
+			event_free(signals[i]);
+	}
+	if (gateway->drain_timer != NULL)
+		event_free(gateway->drain_timer);
+	if (gateway->base != NULL)
+		event_base_free(gateway->base);
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct gateway gateway = { 0 };
+	struct conf *conf;
+	int check_only = 0, option, status;
+
+	gateway.conf_path = NULL;
+	while ((option = getopt(argc, argv, "c:tVh")) != -1) {
+		switch (option) {
+		case 'c':
+			gateway.conf_path = optarg;
+			break;
+		case 't':
+			check_only = 1;
+			break;
+		case 'V':
+			printf("gumloop-gateway %s\n", PACKAGE_VERSION);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (gateway.conf_path == NULL)
+		gateway.conf_path = default_conf_path();
+	log_set_debug(getenv("GUMLOOP_GATEWAY_DEBUG") != NULL);
+	conf = load(gateway.conf_path);
+	if (conf == NULL)
+		return 1;
+	if (check_only) {
+		conf_free(conf);
+		printf("config ok\n");
+		return 0;
+	}
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR || curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+		log_error("cannot initialise the process");
+		conf_free(conf);
+		return 1;
+	}
+	status = run(&gateway, conf);
+	curl_global_cleanup();
+	return status;
+}

@@ -1,0 +1,748 @@
+/*
+ * server.c -- evhttp front end: routes, validates and answers client requests,
+ * handing /export_status to upstream.c. One struct exchange per client request,
+ * torn down in exactly one place, whichever way the request ends.
+ */
+#include "config.h"
+
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "auth.h"
+#include "conf.h"
+#include "log.h"
+#include "query.h"
+#include "upstream.h"
+
+#define SERVER_MAX_REQUEST_LINE (8 * 1024)
+#define SERVER_MAX_HEADERS (16 * 1024)
+/* evhttp's own hard cap, above ours so that we answer 414/431 ourselves. */
+#define SERVER_EVHTTP_MAX_HEADERS (64 * 1024)
+#define SERVER_MAX_BODY 1024
+#define SERVER_LOG_FLUSH_MS 1000
+
+struct listener {
+	char *text; /* conf_listen.text, the identity kept across reloads */
+	struct evhttp_bound_socket *handle;
+};
+
+struct server {
+	struct event_base *base;
+	struct evhttp *http;
+	struct conf *conf;
+	struct auth *auth;
+	struct upstream *upstream;
+	struct listener *listeners;
+	size_t listener_count;
+	FILE *access_log; /* NULL: off */
+	int access_log_owned;
+	struct event *log_flush;
+	size_t active; /* requests begun and not yet completed or dropped */
+	int draining;
+	void (*drained)(void *arg);
+	void *drained_arg;
+	struct event *drain_check;
+};
+
+struct exchange {
+	struct server *server;
+	struct evhttp_request *req;
+	struct evhttp_connection *connection;
+	struct upstream_call *call;
+	struct timespec start;
+	enum evhttp_cmd_type method_type;
+	int head;
+	int download;
+	int replied;
+	int status;
+	size_t bytes;
+	long upstream_status;
+	char peer[INET6_ADDRSTRLEN + 8];
+	char method[8];
+	char path[96];
+	char export_id[QUERY_MAX_ID_BYTES + 1];
+	char client[64];
+	char credential[64];
+};
+
+static const char *method_name(enum evhttp_cmd_type method)
+{
+	switch (method) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_TRACE:
+		return "TRACE";
+	case EVHTTP_REQ_CONNECT:
+		return "CONNECT";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
+	}
+	return "OTHER";
+}
+
+static double elapsed_ms(const struct timespec *start)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - start->tv_sec) * 1e3 +
+	       (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+/* Copies client text for the log: printable ASCII kept, the rest as '?'. */
+static void copy_printable(char *out, size_t cap, const char *in)
+{
+	size_t n = 0;
+
+	for (; in != NULL && *in != '\0' && n + 1 < cap; in++)
+		out[n++] = (*in > 0x20 && *in < 0x7f && *in != '"') ? *in : '?';
+	out[n] = '\0';
+}
+
+static void access_log_write(const struct exchange *ex, const char *outcome)
+{
+	FILE *out = ex->server->access_log;
+
+	if (out == NULL)
+		return;
+	fprintf(out,
+		"%s client=%s credential=%s \"%s %s\" %d %zu %.1fms upstream=%ld export=%s%s%s\n",
+		ex->peer, ex->client[0] ? ex->client : "-",
+		ex->credential[0] ? ex->credential : "-", ex->method, ex->path, ex->status,
+		ex->bytes, elapsed_ms(&ex->start), ex->upstream_status,
+		ex->export_id[0] ? ex->export_id : "-", outcome ? " " : "",
+		outcome ? outcome : "");
+}
+
+static void server_check_drained(struct server *server)
+{
+	if (server->draining && server->active == 0 && server->drain_check != NULL)
+		event_active(server->drain_check, EV_TIMEOUT, 0);
+}
+
+/*
+ * The one teardown of an exchange: logs it, cancels its upstream call, and gives
+ * the request back to libevent (or frees it when libevent let go of it).
+ */
+static void exchange_close(struct exchange *ex, const char *outcome)
+{
+	struct server *server = ex->server;
+
+	access_log_write(ex, outcome);
+	upstream_cancel(ex->call);
+	ex->call = NULL;
+	if (ex->connection != NULL)
+		evhttp_connection_set_closecb(ex->connection, NULL, NULL);
+	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
+	if (!ex->replied && evhttp_request_get_connection(ex->req) == NULL)
+		evhttp_request_free(ex->req);
+	free(ex);
+	server->active--;
+	server_check_drained(server);
+}
+
+/* evhttp: the whole answer was written. */
+static void on_complete(struct evhttp_request *req, void *arg)
+{
+	(void)req;
+	exchange_close(arg, NULL);
+}
+
+/* evhttp: the client connection went away before the answer was written. */
+static void on_connection_close(struct evhttp_connection *connection, void *arg)
+{
+	struct exchange *ex = arg;
+
+	(void)connection;
+	ex->connection = NULL;
+	if (ex->status == 0)
+		ex->status = 499; /* nginx's "client closed request" */
+	exchange_close(ex, "client-closed");
+}
+
+static void reply(struct exchange *ex, int status, const char *content_type,
+		  struct evbuffer *body)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
+	size_t length = body ? evbuffer_get_length(body) : 0;
+	char length_text[32];
+
+	ex->status = status;
+	ex->bytes = ex->head ? 0 : length;
+	if (content_type != NULL)
+		evhttp_add_header(headers, "Content-Type", content_type);
+	if (ex->server->draining)
+		evhttp_add_header(headers, "Connection", "close");
+	if (ex->head) {
+		/* Same headers as GET, no body: evhttp would otherwise send it. */
+		snprintf(length_text, sizeof(length_text), "%zu", length);
+		evhttp_add_header(headers, "Content-Length", length_text);
+		body = NULL;
+	}
+	ex->replied = 1;
+	evhttp_send_reply(ex->req, status, NULL, body);
+}
+
+static void reply_error(struct exchange *ex, int status, const char *code,
+			const char *message)
+{
+	struct evbuffer *body = evbuffer_new();
+	cJSON *json = cJSON_CreateObject();
+	char *text = NULL;
+
+	if (json != NULL && cJSON_AddStringToObject(json, "error", code) != NULL &&
+	    cJSON_AddStringToObject(json, "message", message) != NULL)
+		text = cJSON_PrintUnformatted(json);
+	cJSON_Delete(json);
+	if (body == NULL || text == NULL || evbuffer_add(body, text, strlen(text)) < 0) {
+		log_error("%s: out of memory answering %d", __func__, status);
+		if (body != NULL)
+			evbuffer_drain(body, evbuffer_get_length(body));
+	}
+	cJSON_free(text);
+	reply(ex, status, "application/json", body);
+	if (body != NULL)
+		evbuffer_free(body);
+}
+
+static void reply_json_text(struct exchange *ex, int status, const char *text)
+{
+	struct evbuffer *body = evbuffer_new();
+
+	if (body == NULL || evbuffer_add(body, text, strlen(text)) < 0) {
+		if (body != NULL)
+			evbuffer_free(body);
+		reply_error(ex, 500, "internal", "out of memory");
+		return;
+	}
+	reply(ex, status, "application/json", body);
+	evbuffer_free(body);
+}
+
+static int is_json_type(const char *content_type)
+{
+	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
+}
+
+/* A status answer must be a JSON object (the state is read from it later). */
+static int body_is_json_object(struct evbuffer *body)
+{
+	size_t length = evbuffer_get_length(body);
+	const char *bytes = (const char *)evbuffer_pullup(body, -1);
+	cJSON *json;
+	int ok;
+
+	if (length == 0 || bytes == NULL)
+		return 0;
+	json = cJSON_ParseWithLength(bytes, length);
+	ok = json != NULL && cJSON_IsObject(json);
+	cJSON_Delete(json);
+	return ok;
+}
+
+static void answer_upstream_response(struct exchange *ex, const struct upstream_result *result)
+{
+	long status = result->status;
+
+	if (status == 401) {
+		log_error("upstream rejected credential '%s' with 401: its api_key (or user_id) "
+			  "is wrong or revoked; every request using it fails until it is fixed",
+			  ex->credential);
+		reply_error(ex, 502, "upstream_auth",
+			    "the gateway's Gumloop credential was rejected by the upstream");
+		return;
+	}
+	if (status >= 300 && status < 400) {
+		reply_error(ex, 502, "upstream_redirect",
+			    "the upstream answered with a redirect, which is not followed");
+		return;
+	}
+	if (status >= 200 && status < 300) {
+		/* A CSV download: relayed as it is (JSON answers are checked). */
+		if (ex->download && result->content_type != NULL &&
+		    !is_json_type(result->content_type)) {
+			reply(ex, (int)status, result->content_type, result->body);
+			return;
+		}
+		if (!body_is_json_object(result->body)) {
+			reply_error(ex, 502, "upstream_invalid",
+				    "the upstream answered with a body that is not a JSON object");
+			return;
+		}
+	}
+	reply(ex, (int)status, result->content_type ? result->content_type : "application/json",
+	      result->body);
+}
+
+static void on_upstream_done(const struct upstream_result *result, void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->call = NULL;
+	ex->upstream_status = result->status;
+	switch (result->outcome) {
+	case UPSTREAM_OK:
+		answer_upstream_response(ex, result);
+		return;
+	case UPSTREAM_TIMEOUT:
+		log_warn("upstream timed out for credential '%s': %s", ex->credential,
+			 result->error);
+		reply_error(ex, 504, "upstream_timeout", "the upstream did not answer in time");
+		return;
+	case UPSTREAM_CONNECT_FAILED:
+		log_warn("upstream connection failed: %s", result->error);
+		reply_error(ex, 502, "upstream_unreachable",
+			    "the gateway could not connect to the upstream");
+		return;
+	case UPSTREAM_TOO_LARGE:
+		reply_error(ex, 502, "upstream_too_large",
+			    "the upstream's answer is larger than 1 MiB");
+		return;
+	case UPSTREAM_FAILED:
+		log_warn("upstream request failed: %s", result->error);
+		reply_error(ex, 502, "upstream_error", "the upstream request failed");
+		return;
+	}
+}
+
+/* Request line and header sizes, measured as they were on the wire. */
+static int check_sizes(struct exchange *ex)
+{
+	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
+	const char *uri = evhttp_request_get_uri(ex->req);
+	size_t header_bytes = 0;
+	struct evkeyval *header;
+
+	if (uri != NULL && strlen(uri) + strlen(ex->method) + 10 > SERVER_MAX_REQUEST_LINE) {
+		reply_error(ex, 414, "uri_too_long", "the request line is over 8 KiB");
+		return -1;
+	}
+	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next)
+		header_bytes += strlen(header->key) + strlen(header->value) + 4;
+	if (header_bytes > SERVER_MAX_HEADERS) {
+		reply_error(ex, 431, "headers_too_large", "the request headers are over 16 KiB");
+		return -1;
+	}
+	return 0;
+}
+
+/* 405 unless GET or HEAD. */
+static int reject_method(struct exchange *ex)
+{
+	if (ex->method_type == EVHTTP_REQ_GET || ex->method_type == EVHTTP_REQ_HEAD)
+		return 0;
+	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Allow", "GET, HEAD");
+	reply_error(ex, 405, "method_not_allowed", "only GET and HEAD are allowed");
+	return -1;
+}
+
+/* 401 with the challenge, or the client's index; -1 without [client] sections. */
+static int authenticate(struct exchange *ex, int *client)
+{
+	struct server *server = ex->server;
+	const char *authorization;
+
+	*client = -1;
+	if (!auth_tokens_required(server->auth))
+		return 0;
+	authorization = evhttp_find_header(evhttp_request_get_input_headers(ex->req),
+					   "Authorization");
+	*client = auth_client(server->auth, authorization);
+	if (*client < 0) {
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req),
+				  "WWW-Authenticate", "Bearer realm=\"gumloop-gateway\"");
+		reply_error(ex, 401, "unauthorized",
+			    authorization ? "the bearer token is not valid"
+					  : "a bearer token is required");
+		return -1;
+	}
+	copy_printable(ex->client, sizeof(ex->client), server->conf->clients[*client].name);
+	return 0;
+}
+
+static void handle_export_status(struct exchange *ex)
+{
+	struct server *server = ex->server;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
+	const struct conf_credential *credential;
+	const char *message = NULL;
+	struct query q;
+	int client, index;
+
+	if (reject_method(ex) < 0)
+		return;
+	if (authenticate(ex, &client) < 0)
+		return;
+	if (evbuffer_get_length(evhttp_request_get_input_buffer(ex->req)) > 0) {
+		reply_error(ex, 400, "bad_request", "a request body is not allowed");
+		return;
+	}
+	if (query_parse(evhttp_uri_get_query(uri), &q, &message) < 0) {
+		reply_error(ex, 400, "bad_request", message);
+		return;
+	}
+	copy_printable(ex->export_id, sizeof(ex->export_id), q.data_export_id);
+	ex->download = q.download;
+	index = auth_credential(server->auth, client, q.has_user_id ? q.user_id : NULL);
+	if (index < 0) {
+		reply_error(ex, 403, "forbidden", "this user_id may not be used by this client");
+		return;
+	}
+	credential = &server->conf->credentials[index];
+	copy_printable(ex->credential, sizeof(ex->credential), credential->name);
+	ex->call = upstream_start_status(server->upstream, server->conf, credential, &q,
+					 on_upstream_done, ex);
+	if (ex->call == NULL)
+		reply_error(ex, 500, "internal", "the upstream request could not be started");
+}
+
+static void handle_request(struct exchange *ex)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
+
+	if (peer == NULL || !auth_address_allowed(ex->server->auth, peer)) {
+		reply_error(ex, 403, "forbidden", "this address may not use the gateway");
+		return;
+	}
+	if (check_sizes(ex) < 0)
+		return;
+	if (path == NULL || path[0] == '\0') {
+		reply_error(ex, 400, "bad_request", "the request target has no path");
+		return;
+	}
+	copy_printable(ex->path, sizeof(ex->path), path);
+	if (strcmp(path, "/export_status") == 0) {
+		handle_export_status(ex);
+	} else if (strcmp(path, "/healthz") == 0) {
+		if (reject_method(ex) < 0)
+			return;
+		reply_json_text(ex, 200, "{\"status\":\"ok\"}");
+	} else {
+		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
+	}
+}
+
+static void describe_peer(struct exchange *ex)
+{
+	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
+	char address[INET6_ADDRSTRLEN] = "?";
+
+	if (peer != NULL && peer->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)peer)->sin_addr,
+			  address, sizeof(address));
+	else if (peer != NULL && peer->sa_family == AF_INET6)
+		inet_ntop(AF_INET6,
+			  &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr,
+			  address, sizeof(address));
+	snprintf(ex->peer, sizeof(ex->peer), "%s", address);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	struct server *server = arg;
+	struct exchange *ex = calloc(1, sizeof(*ex));
+	enum evhttp_cmd_type method = evhttp_request_get_command(req);
+
+	if (ex == NULL) {
+		log_error("%s: out of memory", __func__);
+		evhttp_send_error(req, 503, NULL);
+		return;
+	}
+	server->active++;
+	ex->server = server;
+	ex->req = req;
+	ex->connection = evhttp_request_get_connection(req);
+	ex->method_type = method;
+	ex->head = method == EVHTTP_REQ_HEAD;
+	clock_gettime(CLOCK_MONOTONIC, &ex->start);
+	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
+	describe_peer(ex);
+	evhttp_request_set_on_complete_cb(req, on_complete, ex);
+	evhttp_connection_set_closecb(ex->connection, on_connection_close, ex);
+	handle_request(ex);
+}
+
+static void on_log_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *server = arg;
+
+	(void)fd;
+	(void)what;
+	if (server->access_log != NULL && fflush(server->access_log) != 0)
+		log_warn("access log: flush failed: %s", strerror(errno));
+}
+
+static void on_drain_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *server = arg;
+
+	(void)fd;
+	(void)what;
+	if (server->draining && server->active == 0 && server->drained != NULL) {
+		void (*drained)(void *) = server->drained;
+
+		server->drained = NULL;
+		drained(server->drained_arg);
+	}
+}
+
+static void access_log_close(struct server *server)
+{
+	if (server->access_log != NULL) {
+		fflush(server->access_log);
+		if (server->access_log_owned)
+			fclose(server->access_log);
+	}
+	server->access_log = NULL;
+	server->access_log_owned = 0;
+}
+
+/* Opens conf's access log; a reload reopens it, which also serves log rotation. */
+static int access_log_open(const struct conf *conf, FILE **out, int *owned)
+{
+	*out = NULL;
+	*owned = 0;
+	if (strcmp(conf->access_log, "off") == 0)
+		return 0;
+	if (strcmp(conf->access_log, "-") == 0) {
+		*out = stderr;
+		return 0;
+	}
+	*out = fopen(conf->access_log, "ae");
+	if (*out == NULL) {
+		log_error("access_log: cannot open %s: %s", conf->access_log, strerror(errno));
+		return -1;
+	}
+	*owned = 1;
+	return 0;
+}
+
+static void apply_limits(struct server *server)
+{
+	struct timeval timeout = {
+		.tv_sec = server->conf->client_timeout_ms / 1000,
+		.tv_usec = (server->conf->client_timeout_ms % 1000) * 1000,
+	};
+
+	evhttp_set_timeout_tv(server->http, &timeout);
+}
+
+static int listener_bind(struct server *server, const struct conf_listen *listen,
+			 struct listener *out)
+{
+	if (listen->tls) {
+		log_error("listen %s: TLS listeners are not implemented yet", listen->text);
+		return -1;
+	}
+	out->handle = evhttp_bind_socket_with_handle(server->http, listen->host, listen->port);
+	if (out->handle == NULL) {
+		log_error("listen %s: cannot bind: %s", listen->text, strerror(errno));
+		return -1;
+	}
+	out->text = strdup(listen->text);
+	if (out->text == NULL) {
+		evhttp_del_accept_socket(server->http, out->handle);
+		out->handle = NULL;
+		return -1;
+	}
+	log_info("listening on %s", listen->text);
+	return 0;
+}
+
+static void listener_close(struct server *server, struct listener *listener)
+{
+	if (listener->handle != NULL)
+		evhttp_del_accept_socket(server->http, listener->handle);
+	free(listener->text);
+	listener->handle = NULL;
+	listener->text = NULL;
+}
+
+static void listeners_close(struct server *server, struct listener *listeners, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		listener_close(server, &listeners[i]);
+	free(listeners);
+}
+
+static struct listener *listener_find(struct listener *listeners, size_t count,
+				      const char *text)
+{
+	for (size_t i = 0; i < count; i++) {
+		if (listeners[i].text != NULL && strcmp(listeners[i].text, text) == 0)
+			return &listeners[i];
+	}
+	return NULL;
+}
+
+/*
+ * The listener set for conf: sockets of unchanged entries move over from the
+ * current set (their slots emptied), the rest are bound anew. On failure the
+ * current set is left as it was.
+ */
+static struct listener *listeners_for(struct server *server, const struct conf *conf)
+{
+	struct listener *next = calloc(conf->listen_count, sizeof(*next));
+	size_t i;
+
+	if (next == NULL)
+		return NULL;
+	for (i = 0; i < conf->listen_count; i++) {
+		struct listener *kept = listener_find(server->listeners, server->listener_count,
+						      conf->listens[i].text);
+
+		if (kept == NULL && listener_bind(server, &conf->listens[i], &next[i]) < 0)
+			goto fail;
+	}
+	for (i = 0; i < conf->listen_count; i++) {
+		struct listener *kept = listener_find(server->listeners, server->listener_count,
+						      conf->listens[i].text);
+
+		if (kept != NULL) {
+			next[i] = *kept;
+			kept->text = NULL;
+			kept->handle = NULL;
+		}
+	}
+	return next;
+fail:
+	listeners_close(server, next, conf->listen_count);
+	return NULL;
+}
+
+static void warn_unenforced(const struct conf *conf)
+{
+	for (size_t i = 0; i < conf->client_count; i++) {
+		if (conf->clients[i].rate_per_second > 0)
+			log_warn("client %s: rate is accepted but not enforced yet",
+				 conf->clients[i].name);
+	}
+}
+
+/* Takes conf's auth, listeners and access log; on failure nothing changed. */
+static int server_apply(struct server *server, struct conf *conf)
+{
+	struct auth *auth = auth_new(conf);
+	struct listener *listeners = NULL;
+	FILE *access_log = NULL;
+	int owned = 0;
+
+	if (auth == NULL || access_log_open(conf, &access_log, &owned) < 0)
+		goto fail;
+	listeners = listeners_for(server, conf);
+	if (listeners == NULL)
+		goto fail;
+	listeners_close(server, server->listeners, server->listener_count);
+	server->listeners = listeners;
+	server->listener_count = conf->listen_count;
+	access_log_close(server);
+	server->access_log = access_log;
+	server->access_log_owned = owned;
+	auth_free(server->auth);
+	server->auth = auth;
+	conf_free(server->conf);
+	server->conf = conf;
+	apply_limits(server);
+	warn_unenforced(conf);
+	return 0;
+fail:
+	if (owned)
+		fclose(access_log);
+	auth_free(auth);
+	return -1;
+}
+
+struct server *server_new(struct event_base *base, struct conf *conf)
+{
+	struct server *server = calloc(1, sizeof(*server));
+	struct timeval flush_every = { 0, SERVER_LOG_FLUSH_MS * 1000 };
+
+	if (server == NULL)
+		return NULL;
+	server->base = base;
+	server->http = evhttp_new(base);
+	server->upstream = upstream_new(base);
+	server->log_flush = event_new(base, -1, EV_PERSIST, on_log_flush, server);
+	server->drain_check = event_new(base, -1, 0, on_drain_check, server);
+	if (server->http == NULL || server->upstream == NULL || server->log_flush == NULL ||
+	    server->drain_check == NULL || event_add(server->log_flush, &flush_every) < 0)
+		goto fail;
+	evhttp_set_gencb(server->http, on_request, server);
+	evhttp_set_allowed_methods(server->http,
+				   EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+					   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+					   EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+					   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_max_headers_size(server->http, SERVER_EVHTTP_MAX_HEADERS);
+	evhttp_set_max_body_size(server->http, SERVER_MAX_BODY);
+	if (server_apply(server, conf) < 0)
+		goto fail;
+	return server;
+fail:
+	log_error("%s: cannot start the server", __func__);
+	server->conf = NULL; /* still the caller's */
+	server_free(server);
+	return NULL;
+}
+
+int server_reload(struct server *server, struct conf *new_conf)
+{
+	return server_apply(server, new_conf);
+}
+
+void server_drain(struct server *server, void (*drained)(void *arg), void *arg)
+{
+	listeners_close(server, server->listeners, server->listener_count);
+	server->listeners = NULL;
+	server->listener_count = 0;
+	server->draining = 1;
+	server->drained = drained;
+	server->drained_arg = arg;
+	event_active(server->drain_check, EV_TIMEOUT, 0);
+}
+
+void server_free(struct server *server)
+{
+	if (server == NULL)
+		return;
+	if (server->listeners != NULL)
+		listeners_close(server, server->listeners, server->listener_count);
+	/* Closes every connection; their exchanges are torn down by the close callback. */
+	if (server->http != NULL)
+		evhttp_free(server->http);
+	upstream_free(server->upstream);
+	if (server->log_flush != NULL)
+		event_free(server->log_flush);
+	if (server->drain_check != NULL)
+		event_free(server->drain_check);
+	access_log_close(server);
+	auth_free(server->auth);
+	conf_free(server->conf);
+	free(server);
+}
