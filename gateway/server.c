@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -63,6 +65,7 @@ struct exchange {
 	struct evhttp_request *req;
 	struct evhttp_connection *connection;
 	struct upstream_call *call;
+	struct event *client_watch; /* notices a client leaving while we wait */
 	struct timespec start;
 	enum evhttp_cmd_type method_type;
 	int head;
@@ -144,6 +147,52 @@ static void server_check_drained(struct server *server)
 		event_active(server->drain_check, EV_TIMEOUT, 0);
 }
 
+static void client_watch_stop(struct exchange *ex)
+{
+	if (ex->client_watch != NULL)
+		event_free(ex->client_watch);
+	ex->client_watch = NULL;
+}
+
+/*
+ * libevent 2.1 stops reading a connection while its request is being answered,
+ * so it would notice a client that hung up only when the answer is written. We
+ * peek at the socket ourselves meanwhile, as nginx does: end of file means the
+ * client is gone, and the connection is closed now, which aborts the upstream
+ * call through on_connection_close. Bytes waiting (a pipelined request) end the
+ * watch: they are evhttp's to read.
+ */
+static void on_client_readable(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	char byte;
+	ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
+
+	(void)what;
+	if (n > 0)
+		return;
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+		if (event_add(ex->client_watch, NULL) < 0)
+			log_warn("%s: cannot watch the client connection", __func__);
+		return;
+	}
+	evhttp_connection_free(ex->connection);
+}
+
+static void client_watch_start(struct exchange *ex)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+
+	if (fd < 0)
+		return;
+	ex->client_watch = event_new(ex->server->base, fd, EV_READ, on_client_readable, ex);
+	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
+		log_warn("%s: cannot watch the client connection", __func__);
+		client_watch_stop(ex);
+	}
+}
+
 /*
  * The one teardown of an exchange: logs it, cancels its upstream call, and gives
  * the request back to libevent (or frees it when libevent let go of it).
@@ -153,6 +202,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	struct server *server = ex->server;
 
 	access_log_write(ex, outcome);
+	client_watch_stop(ex);
 	upstream_cancel(ex->call);
 	ex->call = NULL;
 	if (ex->connection != NULL)
@@ -303,6 +353,7 @@ static void on_upstream_done(const struct upstream_result *result, void *arg)
 	struct exchange *ex = arg;
 
 	ex->call = NULL;
+	client_watch_stop(ex);
 	ex->upstream_status = result->status;
 	switch (result->outcome) {
 	case UPSTREAM_OK:
@@ -418,6 +469,8 @@ static void handle_export_status(struct exchange *ex)
 					 on_upstream_done, ex);
 	if (ex->call == NULL)
 		reply_error(ex, 500, "internal", "the upstream request could not be started");
+	else
+		client_watch_start(ex);
 }
 
 static void handle_request(struct exchange *ex)

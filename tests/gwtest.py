@@ -1,0 +1,299 @@
+"""gwtest -- harness for the integration tests: a test CA made with the openssl
+CLI, the fake upstream and the built gateway on free loopback ports, and plain
+HTTP helpers over real sockets. TAP output so automake counts every case."""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+GATEWAY_BIN = os.environ.get("GATEWAY_BIN", "./gumloop-gateway")
+FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", "./tests/fake-upstream")
+OPENSSL = os.environ.get("OPENSSL_CLI", "openssl")
+# Set by .ci/run for the valgrind pass: a command line prefix for the gateway.
+GATEWAY_WRAPPER = os.environ.get("GATEWAY_WRAPPER", "").split()
+START_TIMEOUT = 30.0 if GATEWAY_WRAPPER else 10.0
+
+
+def free_port(host="127.0.0.1"):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=START_TIMEOUT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, **kwargs)
+
+
+class TestCA:
+    """A CA and a server certificate for 127.0.0.1/::1/localhost, made now."""
+
+    def __init__(self, directory, name="ca"):
+        self.dir = directory
+        self.ca_key = os.path.join(directory, name + ".key")
+        self.ca_cert = os.path.join(directory, name + ".crt")
+        self.key = os.path.join(directory, name + "-server.key")
+        self.cert = os.path.join(directory, name + "-server.crt")
+        csr = os.path.join(directory, name + "-server.csr")
+        ext = os.path.join(directory, name + "-server.ext")
+        run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:P-256", "-nodes", "-keyout", self.ca_key,
+             "-out", self.ca_cert, "-days", "2", "-subj", "/CN=gumloop-gateway test CA " + name])
+        run([OPENSSL, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", self.key, "-out", csr, "-subj", "/CN=localhost"])
+        with open(ext, "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
+                    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
+                    "extendedKeyUsage=serverAuth\n")
+        run([OPENSSL, "x509", "-req", "-in", csr, "-CA", self.ca_cert, "-CAkey",
+             self.ca_key, "-CAcreateserial", "-out", self.cert, "-days", "2",
+             "-extfile", ext])
+
+    def context(self):
+        return ssl.create_default_context(cafile=self.ca_cert)
+
+
+class Fake:
+    """The fake Gumloop upstream (tests/fake_upstream.c), a real HTTPS server."""
+
+    def __init__(self, ca, directory, credentials):
+        self.ca = ca
+        port_file = os.path.join(directory, "fake.port")
+        cmd = [FAKE_BIN, "--listen", "127.0.0.1:0", "--cert", ca.cert, "--key", ca.key,
+               "--port-file", port_file]
+        for kind, key, user_id in credentials:
+            cmd += ["--credential", "%s:%s:%s" % (kind, key, user_id)]
+        self.log = open(os.path.join(directory, "fake.log"), "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
+        wait_for(lambda: os.path.exists(port_file) or self.proc.poll() is not None,
+                 what="the fake upstream")
+        if self.proc.poll() is not None:
+            raise AssertionError("fake upstream exited with %s" % self.proc.returncode)
+        with open(port_file) as f:
+            self.port = int(f.read())
+        self.url = "https://127.0.0.1:%d/api/v1" % self.port
+
+    def _call(self, method, path):
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           context=self.ca.context(), timeout=10)
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return json.loads(resp.read())
+        finally:
+            conn.close()
+
+    def stats(self):
+        return self._call("GET", "/_stats")
+
+    def reset(self):
+        self._call("POST", "/_reset")
+
+    def get_direct(self, query, headers):
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           context=self.ca.context(), timeout=10)
+        try:
+            conn.request("GET", "/api/v1/export_status?" + query, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Content-Type"), resp.read()
+        finally:
+            conn.close()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def ini(settings, sections=()):
+    """Config text: settings is a list of (key, value); sections of (header, pairs)."""
+    lines = ["%s = %s" % kv for kv in settings]
+    for header, pairs in sections:
+        lines.append("")
+        lines.append("[%s]" % header)
+        lines += ["%s = %s" % kv for kv in pairs]
+    return "\n".join(lines) + "\n"
+
+
+class Gateway:
+    """The built daemon, started on a config file; stderr captured to a file."""
+
+    def __init__(self, directory, config_text, name="gateway", env=None, wait=True,
+                 host="127.0.0.1", port=None):
+        self.dir = directory
+        self.conf = os.path.join(directory, name + ".conf")
+        self.log_path = os.path.join(directory, name + ".log")
+        self.host = host
+        self.port = port
+        self.write_config(config_text)
+        self.log = open(self.log_path, "a")
+        environment = dict(os.environ)
+        environment.update(env or {})
+        self.proc = subprocess.Popen(GATEWAY_WRAPPER + [GATEWAY_BIN, "-c", self.conf],
+                                     stdout=self.log, stderr=self.log, env=environment)
+        if wait:
+            wait_for(self.ready, what="the gateway to answer /healthz")
+
+    def write_config(self, text):
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    def ready(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("gateway exited with %s:\n%s" %
+                                 (self.proc.returncode, self.logs()))
+        try:
+            return self.request("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+
+    def logs(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def connection(self, timeout=15, host=None, port=None):
+        return http.client.HTTPConnection(host or self.host, port or self.port,
+                                          timeout=timeout)
+
+    def request(self, method, path, headers=None, host=None, port=None, timeout=15):
+        conn = self.connection(timeout, host, port)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path, headers=None):
+        status, headers_out, body = self.request("GET", path, headers)
+        return status, headers_out, json.loads(body)
+
+    def signal(self, number):
+        self.proc.send_signal(number)
+
+    def reload(self, config_text=None, expect="reload: "):
+        """SIGHUP and wait for the log line that says how it went."""
+        if config_text is not None:
+            self.write_config(config_text)
+        before = self.logs().count(expect)
+        self.signal(signal.SIGHUP)
+        wait_for(lambda: self.logs().count(expect) > before, what="the reload log line")
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def raw_exchange(host, port, data, timeout=5):
+    """Sends bytes as they are and returns everything read until close or timeout."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
+
+
+class TapResult(unittest.TextTestResult):
+    """unittest results as TAP lines, numbered as they finish."""
+
+    def __init__(self, stream, descriptions, verbosity):
+        super().__init__(stream, descriptions, verbosity)
+        self.number = 0
+
+    def _line(self, ok, test, note=""):
+        self.number += 1
+        print("%s %d - %s%s" % ("ok" if ok else "not ok", self.number, test.id(), note),
+              flush=True)
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._line(True, test)
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._line(False, test)
+        self._diagnose(test, err)
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._line(False, test)
+        self._diagnose(test, err)
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._line(True, test, " # SKIP " + reason)
+
+    def _diagnose(self, test, err):
+        for line in self._exc_info_to_string(err, test).splitlines():
+            print("# " + line, flush=True)
+
+
+def main():
+    """Runs the calling module's tests as TAP; exit status 1 on any failure."""
+    loader = unittest.TestLoader()
+    suite = loader.loadTestsFromModule(sys.modules["__main__"])
+    if len(sys.argv) > 1:
+        suite = unittest.TestSuite(t for t in _flatten(suite)
+                                   if any(a in t.id() for a in sys.argv[1:]))
+    runner = unittest.TextTestRunner(stream=open(os.devnull, "w"), resultclass=TapResult,
+                                     verbosity=0)
+    result = runner.run(suite)
+    print("1..%d" % result.testsRun, flush=True)
+    sys.exit(0 if result.wasSuccessful() else 1)
+
+
+def _flatten(suite):
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+class TempDir:
+    def __init__(self, prefix):
+        self.path = tempfile.mkdtemp(prefix=prefix)
+
+    def cleanup(self):
+        shutil.rmtree(self.path, ignore_errors=True)
