@@ -75,14 +75,14 @@ class TestCA:
 class Fake:
     """The fake Gumloop upstream (tests/fake_upstream.c), a real HTTPS server."""
 
-    def __init__(self, ca, directory, credentials):
+    def __init__(self, ca, directory, credentials, name="fake"):
         self.ca = ca
-        port_file = os.path.join(directory, "fake.port")
+        port_file = os.path.join(directory, name + ".port")
         cmd = [FAKE_BIN, "--listen", "127.0.0.1:0", "--cert", ca.cert, "--key", ca.key,
                "--port-file", port_file]
         for kind, key, user_id in credentials:
             cmd += ["--credential", "%s:%s:%s" % (kind, key, user_id)]
-        self.log = open(os.path.join(directory, "fake.log"), "w")
+        self.log = open(os.path.join(directory, name + ".log"), "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log)
         wait_for(lambda: os.path.exists(port_file) or self.proc.poll() is not None,
                  what="the fake upstream")
