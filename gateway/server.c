@@ -25,6 +25,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "auth.h"
+#include "cache.h"
 #include "conf.h"
 #include "log.h"
 #include "query.h"
@@ -48,6 +49,7 @@ struct server {
 	struct conf *conf;
 	struct auth *auth;
 	struct upstream *upstream;
+	struct cache *cache;
 	struct listener *listeners;
 	size_t listener_count;
 	FILE *access_log; /* NULL: off */
@@ -64,7 +66,7 @@ struct exchange {
 	struct server *server;
 	struct evhttp_request *req;
 	struct evhttp_connection *connection;
-	struct upstream_call *call;
+	struct cache_waiter *waiter;
 	struct event *client_watch; /* notices a client leaving while we wait */
 	struct timespec start;
 	enum evhttp_cmd_type method_type;
@@ -74,6 +76,7 @@ struct exchange {
 	int status;
 	size_t bytes;
 	long upstream_status;
+	const char *cache_result; /* X-Cache value, NULL when none */
 	char peer[INET6_ADDRSTRLEN + 8];
 	char method[8];
 	char path[96];
@@ -133,10 +136,12 @@ static void access_log_write(const struct exchange *ex, const char *outcome)
 	if (out == NULL)
 		return;
 	fprintf(out,
-		"%s client=%s credential=%s \"%s %s\" %d %zu %.1fms upstream=%ld export=%s%s%s\n",
+		"%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s upstream=%ld "
+		"export=%s%s%s\n",
 		ex->peer, ex->client[0] ? ex->client : "-",
 		ex->credential[0] ? ex->credential : "-", ex->method, ex->path, ex->status,
-		ex->bytes, elapsed_ms(&ex->start), ex->upstream_status,
+		ex->bytes, elapsed_ms(&ex->start), ex->cache_result ? ex->cache_result : "-",
+		ex->upstream_status,
 		ex->export_id[0] ? ex->export_id : "-", outcome ? " " : "",
 		outcome ? outcome : "");
 }
@@ -203,8 +208,8 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 
 	access_log_write(ex, outcome);
 	client_watch_stop(ex);
-	upstream_cancel(ex->call);
-	ex->call = NULL;
+	cache_waiter_cancel(ex->waiter);
+	ex->waiter = NULL;
 	if (ex->connection != NULL)
 		evhttp_connection_set_closecb(ex->connection, NULL, NULL);
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
@@ -293,91 +298,71 @@ static void reply_json_text(struct exchange *ex, int status, const char *text)
 	evbuffer_free(body);
 }
 
-static int is_json_type(const char *content_type)
+static const char *const x_cache_names[] = {
+	[CACHE_HIT] = "HIT",
+	[CACHE_MISS] = "MISS",
+	[CACHE_COALESCED] = "COALESCED",
+	[CACHE_STALE] = "STALE",
+};
+
+/* X-Cache, RFC 9211 Cache-Status, RFC 9111 Age and Cache-Control. */
+static void add_cache_headers(struct exchange *ex, const struct cache_answer *answer)
 {
-	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
-}
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
+	char text[96];
 
-/* A status answer must be a JSON object (the state is read from it later). */
-static int body_is_json_object(struct evbuffer *body)
-{
-	size_t length = evbuffer_get_length(body);
-	const char *bytes = (const char *)evbuffer_pullup(body, -1);
-	cJSON *json;
-	int ok;
-
-	if (length == 0 || bytes == NULL)
-		return 0;
-	json = cJSON_ParseWithLength(bytes, length);
-	ok = json != NULL && cJSON_IsObject(json);
-	cJSON_Delete(json);
-	return ok;
-}
-
-static void answer_upstream_response(struct exchange *ex, const struct upstream_result *result)
-{
-	long status = result->status;
-
-	if (status == 401) {
-		log_error("upstream rejected credential '%s' with 401: its api_key (or user_id) "
-			  "is wrong or revoked; every request using it fails until it is fixed",
-			  ex->credential);
-		reply_error(ex, 502, "upstream_auth",
-			    "the gateway's Gumloop credential was rejected by the upstream");
+	evhttp_add_header(headers, "X-Cache", x_cache_names[answer->result]);
+	switch (answer->result) {
+	case CACHE_HIT:
+	case CACHE_STALE:
+		snprintf(text, sizeof(text), "gumloop-gateway; hit; ttl=%lld",
+			 (long long)answer->ttl_seconds);
+		break;
+	case CACHE_MISS:
+		snprintf(text, sizeof(text), "gumloop-gateway; fwd=miss");
+		break;
+	case CACHE_COALESCED:
+		snprintf(text, sizeof(text), "gumloop-gateway; fwd=miss; collapsed");
+		break;
+	}
+	evhttp_add_header(headers, "Cache-Status", text);
+	if (!answer->cached) {
+		evhttp_add_header(headers, "Cache-Control", "no-store");
 		return;
 	}
-	if (status >= 300 && status < 400) {
-		reply_error(ex, 502, "upstream_redirect",
-			    "the upstream answered with a redirect, which is not followed");
-		return;
-	}
-	if (status >= 200 && status < 300) {
-		/* A CSV download: relayed as it is (JSON answers are checked). */
-		if (ex->download && result->content_type != NULL &&
-		    !is_json_type(result->content_type)) {
-			reply(ex, (int)status, result->content_type, result->body);
-			return;
-		}
-		if (!body_is_json_object(result->body)) {
-			reply_error(ex, 502, "upstream_invalid",
-				    "the upstream answered with a body that is not a JSON object");
-			return;
-		}
-	}
-	reply(ex, (int)status, result->content_type ? result->content_type : "application/json",
-	      result->body);
+	snprintf(text, sizeof(text), "%lld", (long long)answer->age_seconds);
+	evhttp_add_header(headers, "Age", text);
+	snprintf(text, sizeof(text), "private, max-age=%lld",
+		 (long long)(answer->ttl_seconds > 0 ? answer->ttl_seconds : 0));
+	evhttp_add_header(headers, "Cache-Control", text);
 }
 
-static void on_upstream_done(const struct upstream_result *result, void *arg)
+static void reply_answer(struct exchange *ex, const struct cache_answer *answer)
+{
+	struct evbuffer *body = evbuffer_new();
+
+	if (body == NULL || evbuffer_add(body, answer->body, answer->body_length) < 0) {
+		if (body != NULL)
+			evbuffer_free(body);
+		reply_error(ex, 500, "internal", "out of memory");
+		return;
+	}
+	ex->upstream_status = answer->status;
+	if (!answer->download_body) {
+		add_cache_headers(ex, answer);
+		ex->cache_result = x_cache_names[answer->result];
+	}
+	reply(ex, answer->status, answer->content_type, body);
+	evbuffer_free(body);
+}
+
+static void on_answer(const struct cache_answer *answer, void *arg)
 {
 	struct exchange *ex = arg;
 
-	ex->call = NULL;
+	ex->waiter = NULL;
 	client_watch_stop(ex);
-	ex->upstream_status = result->status;
-	switch (result->outcome) {
-	case UPSTREAM_OK:
-		answer_upstream_response(ex, result);
-		return;
-	case UPSTREAM_TIMEOUT:
-		log_warn("upstream timed out for credential '%s': %s", ex->credential,
-			 result->error);
-		reply_error(ex, 504, "upstream_timeout", "the upstream did not answer in time");
-		return;
-	case UPSTREAM_CONNECT_FAILED:
-		log_warn("upstream connection failed: %s", result->error);
-		reply_error(ex, 502, "upstream_unreachable",
-			    "the gateway could not connect to the upstream");
-		return;
-	case UPSTREAM_TOO_LARGE:
-		reply_error(ex, 502, "upstream_too_large",
-			    "the upstream's answer is larger than 1 MiB");
-		return;
-	case UPSTREAM_FAILED:
-		log_warn("upstream request failed: %s", result->error);
-		reply_error(ex, 502, "upstream_error", "the upstream request failed");
-		return;
-	}
+	reply_answer(ex, answer);
 }
 
 /* Request line and header sizes, measured as they were on the wire. */
@@ -441,6 +426,7 @@ static void handle_export_status(struct exchange *ex)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
 	const struct conf_credential *credential;
 	const char *message = NULL;
+	struct cache_answer answer;
 	struct query q;
 	int client, index;
 
@@ -465,9 +451,12 @@ static void handle_export_status(struct exchange *ex)
 	}
 	credential = &server->conf->credentials[index];
 	copy_printable(ex->credential, sizeof(ex->credential), credential->name);
-	ex->call = upstream_start_status(server->upstream, server->conf, credential, &q,
-					 on_upstream_done, ex);
-	if (ex->call == NULL)
+	if (cache_lookup(server->cache, credential, &q, &answer)) {
+		reply_answer(ex, &answer);
+		return;
+	}
+	ex->waiter = cache_wait(server->cache, credential, &q, on_answer, ex);
+	if (ex->waiter == NULL)
 		reply_error(ex, 500, "internal", "the upstream request could not be started");
 	else
 		client_watch_start(ex);
@@ -719,6 +708,8 @@ static int server_apply(struct server *server, struct conf *conf)
 	server->access_log_owned = owned;
 	auth_free(server->auth);
 	server->auth = auth;
+	if (server->cache != NULL)
+		cache_set_conf(server->cache, conf);
 	conf_free(server->conf);
 	server->conf = conf;
 	apply_limits(server);
@@ -754,6 +745,9 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 					   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(server->http, SERVER_EVHTTP_MAX_HEADERS);
 	evhttp_set_max_body_size(server->http, SERVER_MAX_BODY);
+	server->cache = cache_new(base, server->upstream, conf);
+	if (server->cache == NULL)
+		goto fail;
 	if (server_apply(server, conf) < 0)
 		goto fail;
 	return server;
@@ -789,6 +783,7 @@ void server_free(struct server *server)
 	/* Closes every connection; their exchanges are torn down by the close callback. */
 	if (server->http != NULL)
 		evhttp_free(server->http);
+	cache_free(server->cache);
 	upstream_free(server->upstream);
 	if (server->log_flush != NULL)
 		event_free(server->log_flush);

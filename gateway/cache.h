@@ -1,0 +1,108 @@
+/*
+ * cache.h -- export states cached per (user id, export id), and coalescing: one
+ * upstream call per key at a time, every other request for that key waits for
+ * it. Also the mapping from an upstream result to the answer a client gets, so
+ * a leader and its waiters always get the same one. Not the HTTP layer: answers
+ * are handed to callbacks as plain fields.
+ */
+#ifndef GATEWAY_CACHE_H
+#define GATEWAY_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct upstream;
+struct conf;
+struct conf_credential;
+struct query;
+
+enum cache_result {
+	CACHE_HIT,	 /* served from a live entry */
+	CACHE_MISS,	 /* this request's own upstream call */
+	CACHE_COALESCED, /* waited for another request's upstream call */
+	CACHE_STALE,	 /* refresh failed; an expired entry served (stale-if-error) */
+};
+
+/* What to answer. Pointers stay valid until the callback (or lookup) returns. */
+struct cache_answer {
+	int status;
+	const char *content_type;
+	const char *body;
+	size_t body_length;
+	enum cache_result result;
+	int cached;		/* age and ttl describe a cache entry */
+	int64_t age_seconds;	/* since the entry was fetched (RFC 9111 Age) */
+	int64_t ttl_seconds;	/* left to live; negative when stale */
+	int download_body;	/* a non-JSON body relayed for download=true */
+};
+
+/* Fires exactly once per waiter that was not cancelled. */
+typedef void (*cache_answer_cb)(const struct cache_answer *answer, void *arg);
+
+struct cache;
+struct cache_waiter;
+
+/* A cache calling upstream through upstream; conf as for cache_set_conf. */
+struct cache *cache_new(struct event_base *base, struct upstream *upstream,
+			const struct conf *conf);
+
+/* Cancels every waiter (no callbacks) and frees all entries. */
+void cache_free(struct cache *cache);
+
+/*
+ * New TTLs and bounds, from a reload: they apply to entries fetched from now on;
+ * the table is trimmed to the new cache_max_entries. conf must stay valid until
+ * the next call (or cache_free); the cache copies nothing else from it.
+ */
+void cache_set_conf(struct cache *cache, const struct conf *conf);
+
+/*
+ * Answers from the cache when it can: a live entry (any state) for a status call,
+ * or for download=true a live entry whose state makes a download impossible
+ * (non-final or FAILED: upstream would answer that same JSON). Returns 1 and
+ * fills answer (valid until the next cache call), else 0. O(1).
+ */
+int cache_lookup(struct cache *cache, const struct conf_credential *credential,
+		 const struct query *q, struct cache_answer *answer);
+
+/*
+ * Gets the answer from upstream. A status call joins the call in flight for its
+ * key, or starts one; download=true always gets a call of its own (it may bring
+ * a CSV), whose JSON answer still refreshes the cache. done fires from the event
+ * loop, never from inside this call. Returns NULL (logged) when no call could be
+ * started. credential is copied as needed.
+ */
+struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credential *credential,
+				const struct query *q, cache_answer_cb done, void *arg);
+
+/*
+ * The client is gone: drops the waiter, whose callback will not fire. The last
+ * waiter of a call aborts it.
+ */
+void cache_waiter_cancel(struct cache_waiter *waiter);
+
+/*
+ * Stores an upstream answer for (user_id, export_id) as a status call would:
+ * JSON with a state, or a 404, for their TTLs; anything else is not stored.
+ * Used for JSON answers that arrive by other ways (a download call). Returns 1
+ * if stored, 0 if not cacheable, -1 when out of memory.
+ */
+int cache_store(struct cache *cache, const char *user_id, const char *export_id, int status,
+		const char *content_type, const char *body, size_t length);
+
+/* Entries held now, and calls in flight. */
+size_t cache_entry_count(const struct cache *cache);
+size_t cache_flight_count(const struct cache *cache);
+
+/*
+ * The state in an upstream JSON body: "COMPLETED", "FAILED", any other string
+ * (non-final), or NULL when the body is not a JSON object with a string
+ * "state". Writes at most cap bytes (NUL included) into state. Pure: no I/O.
+ */
+const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap);
+
+/* The TTL in ms for an answer: status and state as upstream gave them; -1 = do not store. */
+int64_t cache_ttl_for(const struct conf *conf, int status, const char *state);
+
+#endif
