@@ -3,6 +3,23 @@
  * real HTTPS, driven by the tests and used as the demo upstream.
  * Not a model of Gumloop beyond the documented API, and not hardened for hostile
  * networks: it trusts whoever can reach it.
+ *
+ * GET .../export_status follows the API's rules (Bearer key; personal keys need
+ * x-auth-key equal to the user id; user_id must be the key's; 400/401/403/404),
+ * then the script in the export id: NAME[;key=value]*, e.g.
+ * "job7;states=REQUESTED:2,COMPLETED;csv=1m":
+ *   states=S[:N],...  the k-th request for this id gets the slot it falls in, the
+ *                     last slot repeats; a 3-digit slot ("503") answers that status.
+ *                     Without it: REQUESTED for 2 s, IN_PROGRESS until 6 s, COMPLETED
+ *   delay=MS          wait before answering
+ *   status=CODE       answer CODE with {"error":"scripted CODE"} (3xx: with Location)
+ *   body=invalid|big|html   broken JSON, a 1.5 MiB JSON, an HTML page
+ *   close=1           drop the connection without an answer
+ *   csv=SIZE          size of the CSV served for download=true when COMPLETED
+ *                     (32-byte lines "%010llu,abcdefghijklmnopqrst\n"; Range works)
+ *   length=0          send the CSV chunked; throttle=BYTES_PER_S; cut=K (drop after K)
+ * GET /_stats counts requests per id, connections, client aborts and shows the
+ * last request's headers; POST /_reset forgets everything.
  */
 
 #include <errno.h>
@@ -1095,9 +1112,21 @@ fake_csv_start(struct fake_exchange *ex)
 
 /* --- answering /export_status ------------------------------------------ */
 
+/* A states= slot may name an HTTP status ("states=IN_PROGRESS,503"): a failure later on. */
+static int
+fake_state_as_status(const char *state)
+{
+	if (strlen(state) != 3 || state[0] < '2' || state[0] > '5' ||
+	    strspn(state, "0123456789") != 3)
+		return 0;
+	return atoi(state);
+}
+
 static void
 fake_exchange_respond(struct fake_exchange *ex)
 {
+	if (ex->script.status == 0)
+		ex->script.status = fake_state_as_status(ex->state);
 	if (ex->script.close) {
 		fake_exchange_cut(ex, "close=1, connection dropped");
 	} else if (ex->script.status != 0) {

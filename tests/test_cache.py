@@ -271,33 +271,62 @@ class TestEviction(CacheCase):
 
 
 class TestStaleIfError(unittest.TestCase):
-    def test_stale_answer_when_upstream_is_down_then_502_after_the_window(self):
+    def test_stale_answer_on_timeout_and_when_down_then_502_after_the_window(self):
         tmp = state["tmp"].path
         fake = gwtest.Fake(state["ca"], tmp, [("personal", PERSONAL_KEY, PERSONAL_USER)],
                            name="fake-stale")
         port = free_port()
         settings = base_settings(port, upstream=fake.url, cache_pending_ttl="1s",
-                                 cache_stale_if_error="2s")
+                                 cache_stale_if_error="3s", upstream_timeout="700ms")
         gw = Gateway(tmp, ini(settings, credentials()), name="stale", env=ENV, port=port)
         try:
             export_id = fresh("states=IN_PROGRESS")
             status, headers, body = gw.request("GET", q(export_id))
+            fetched = time.monotonic()
             self.assertEqual((status, headers["x-cache"]), (200, "MISS"))
-            fake.stop()
-            time.sleep(1.2)
+            time.sleep(1.1)
+            fake.proc.send_signal(signal.SIGSTOP)  # upstream hangs: the refresh times out
+            try:
+                status, headers, stale = gw.request("GET", q(export_id))
+            finally:
+                fake.proc.send_signal(signal.SIGCONT)
+            self.assertEqual((status, headers["x-cache"], stale), (200, "STALE", body))
+            fake.stop()  # upstream gone: the refresh cannot connect
             status, headers, stale = gw.request("GET", q(export_id))
             self.assertEqual((status, headers["x-cache"], stale), (200, "STALE", body))
             self.assertGreaterEqual(int(headers["age"]), 1)
             self.assertRegex(headers["cache-status"], r"^gumloop-gateway; hit; ttl=-\d+$")
             self.assertEqual(headers["cache-control"], "private, max-age=0")
             self.assertIn("stale-if-error", gw.logs())
-            time.sleep(2.2)  # past expiry + cache_stale_if_error
+            time.sleep(max(0, fetched + 4.2 - time.monotonic()))  # past expiry + 3 s
             status, headers, body = gw.request("GET", q(export_id))
             self.assertEqual(status, 502)
             self.assertEqual(json.loads(body)["error"], "upstream_unreachable")
         finally:
             fake.stop()
             self.assertEqual(gw.stop(), 0)
+
+
+class TestStaleOnUpstreamFailure(CacheCase):
+    overrides = {"cache_pending_ttl": "1s", "cache_stale_if_error": "1m",
+                 "upstream_timeout": "1s"}
+
+    def test_5xx_refreshes_serve_the_stale_answer(self):
+        for failure in ("503", "500"):
+            export_id = fresh("states=IN_PROGRESS," + failure)
+            status, headers, body = self.get(q(export_id))
+            self.assertEqual((status, headers["x-cache"]), (200, "MISS"))
+            time.sleep(1.1)
+            status, headers, stale = self.get(q(export_id))
+            self.assertEqual((status, headers["x-cache"], stale), (200, "STALE", body))
+            self.assertEqual(self.calls(export_id), 2)
+
+    def test_4xx_refresh_is_passed_through_not_stale(self):
+        export_id = fresh("states=IN_PROGRESS,403")
+        self.get(q(export_id))
+        time.sleep(1.1)
+        status, headers, body = self.get(q(export_id))
+        self.assertEqual((status, headers["x-cache"]), (403, "MISS"))
 
 
 class TestReload(unittest.TestCase):
