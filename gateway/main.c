@@ -16,6 +16,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define CONF_ERRORS_MAX 8192
@@ -126,6 +127,7 @@ static void on_reload(evutil_socket_t signal_number, short what, void *arg)
 	if (conf == NULL) {
 		log_error("reload: %s has errors, the running config stays in force",
 			  gateway->conf_path);
+		metrics_reload(0);
 		return;
 	}
 	{
@@ -135,10 +137,12 @@ static void on_reload(evutil_socket_t signal_number, short what, void *arg)
 			log_error("reload: cannot apply %s, the running config stays in force",
 				  gateway->conf_path);
 			conf_free(conf);
+			metrics_reload(0);
 			return;
 		}
 		gateway->drain_timeout_ms = drain_timeout_ms;
 	}
+	metrics_reload(1);
 	log_info("reload: %s is in force", gateway->conf_path);
 }
 

@@ -28,8 +28,18 @@
 #include "cache.h"
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "query.h"
 #include "upstream.h"
+
+/* An allocation failure inside uthash drops the insert instead of exiting. */
+static int hash_add_failed;
+#define HASH_NONFATAL_OOM 1
+#define uthash_nonfatal_oom(element) \
+	do {                          \
+		hash_add_failed = 1;  \
+	} while (0)
+#include <uthash.h>
 
 #define SERVER_MAX_REQUEST_LINE (8 * 1024)
 #define SERVER_MAX_HEADERS (16 * 1024)
@@ -41,6 +51,17 @@
 struct listener {
 	char *text; /* conf_listen.text, the identity kept across reloads */
 	struct evhttp_bound_socket *handle;
+};
+
+/*
+ * One per client connection, from accept to close: evhttp's close callback is
+ * ours for the whole life of the connection, and ends the exchange in progress.
+ */
+struct connection {
+	struct evhttp_connection *evcon; /* the hash key */
+	struct server *server;
+	struct exchange *exchange; /* the request being answered, NULL between them */
+	UT_hash_handle hh;
 };
 
 struct server {
@@ -56,6 +77,10 @@ struct server {
 	int access_log_owned;
 	struct event *log_flush;
 	size_t active; /* requests begun and not yet completed or dropped */
+	struct connection *connections; /* uthash, keyed by evcon */
+	struct bufferevent **adopting;	/* accepted, their evcon not known yet */
+	size_t adopting_count, adopting_cap;
+	struct event *adopt;
 	int draining;
 	void (*drained)(void *arg);
 	void *drained_arg;
@@ -66,6 +91,8 @@ struct exchange {
 	struct server *server;
 	struct evhttp_request *req;
 	struct evhttp_connection *connection;
+	struct connection *owner; /* NULL once the connection is gone */
+	enum metrics_route route;
 	struct cache_waiter *waiter;
 	struct event *client_watch; /* notices a client leaving while we wait */
 	struct timespec start;
@@ -207,11 +234,12 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	struct server *server = ex->server;
 
 	access_log_write(ex, outcome);
+	metrics_request(ex->route, ex->status);
 	client_watch_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
-	if (ex->connection != NULL)
-		evhttp_connection_set_closecb(ex->connection, NULL, NULL);
+	if (ex->owner != NULL)
+		ex->owner->exchange = NULL;
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
 	if (!ex->replied && evhttp_request_get_connection(ex->req) == NULL)
 		evhttp_request_free(ex->req);
@@ -227,16 +255,101 @@ static void on_complete(struct evhttp_request *req, void *arg)
 	exchange_close(arg, NULL);
 }
 
-/* evhttp: the client connection went away before the answer was written. */
-static void on_connection_close(struct evhttp_connection *connection, void *arg)
+/* evhttp: the client connection is being freed, maybe in the middle of a request. */
+static void on_connection_close(struct evhttp_connection *evcon, void *arg)
 {
-	struct exchange *ex = arg;
+	struct connection *connection = arg;
+	struct server *server = connection->server;
+	struct exchange *ex = connection->exchange;
 
-	(void)connection;
-	ex->connection = NULL;
-	if (ex->status == 0)
-		ex->status = 499; /* nginx's "client closed request" */
-	exchange_close(ex, "client-closed");
+	(void)evcon;
+	if (ex != NULL) {
+		ex->owner = NULL;
+		ex->connection = NULL;
+		if (ex->status == 0 || !ex->replied)
+			ex->status = 499; /* nginx's "client closed request" */
+		exchange_close(ex, "client-closed");
+	}
+	HASH_DEL(server->connections, connection);
+	metrics_connection_closed();
+	free(connection);
+}
+
+static struct connection *connection_track(struct server *server,
+					   struct evhttp_connection *evcon)
+{
+	struct connection *connection = calloc(1, sizeof(*connection));
+
+	if (connection == NULL)
+		return NULL;
+	connection->evcon = evcon;
+	connection->server = server;
+	hash_add_failed = 0;
+	HASH_ADD_PTR(server->connections, evcon, connection);
+	if (hash_add_failed) {
+		free(connection);
+		return NULL;
+	}
+	evhttp_connection_set_closecb(evcon, on_connection_close, connection);
+	metrics_connection_opened();
+	return connection;
+}
+
+static struct connection *connection_find(struct server *server,
+					  struct evhttp_connection *evcon)
+{
+	struct connection *connection = NULL;
+
+	HASH_FIND_PTR(server->connections, &evcon, connection);
+	return connection;
+}
+
+/*
+ * evhttp (2.1) has no hook for a new connection. It does ask us for the
+ * bufferevent of each one it accepts, and right after, makes the connection
+ * that bufferevent's callback argument; on_adopt runs before any I/O on it
+ * (event_active from inside the accept callback) and takes it from there. A
+ * reference keeps the bufferevent readable even if evhttp dropped it meanwhile.
+ */
+static struct bufferevent *on_new_bufferevent(struct event_base *base, void *arg)
+{
+	struct server *server = arg;
+	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+
+	if (bev == NULL)
+		return NULL;
+	if (server->adopting_count == server->adopting_cap) {
+		size_t cap = server->adopting_cap ? server->adopting_cap * 2 : 16;
+		struct bufferevent **grown = realloc(server->adopting, cap * sizeof(*grown));
+
+		if (grown == NULL)
+			return bev; /* served, but not tracked: counted when its request comes */
+		server->adopting = grown;
+		server->adopting_cap = cap;
+	}
+	bufferevent_incref(bev);
+	server->adopting[server->adopting_count++] = bev;
+	event_active(server->adopt, EV_TIMEOUT, 0);
+	return bev;
+}
+
+static void on_adopt(evutil_socket_t fd, short what, void *arg)
+{
+	struct server *server = arg;
+
+	(void)fd;
+	(void)what;
+	for (size_t i = 0; i < server->adopting_count; i++) {
+		struct bufferevent *bev = server->adopting[i];
+		void *evcon = NULL;
+
+		bufferevent_getcb(bev, NULL, NULL, NULL, &evcon);
+		if (evcon != NULL && connection_find(server, evcon) == NULL &&
+		    connection_track(server, evcon) == NULL)
+			log_warn("%s: out of memory tracking a connection", __func__);
+		bufferevent_decref(bev);
+	}
+	server->adopting_count = 0;
 }
 
 static void reply(struct exchange *ex, int status, const char *content_type,
@@ -305,6 +418,13 @@ static const char *const x_cache_names[] = {
 	[CACHE_STALE] = "STALE",
 };
 
+static const enum metrics_cache_result cache_metric[] = {
+	[CACHE_HIT] = METRICS_CACHE_HIT,
+	[CACHE_MISS] = METRICS_CACHE_MISS,
+	[CACHE_COALESCED] = METRICS_CACHE_COALESCED,
+	[CACHE_STALE] = METRICS_CACHE_STALE,
+};
+
 /* X-Cache, RFC 9211 Cache-Status, RFC 9111 Age and Cache-Control. */
 static void add_cache_headers(struct exchange *ex, const struct cache_answer *answer)
 {
@@ -348,9 +468,14 @@ static void reply_answer(struct exchange *ex, const struct cache_answer *answer)
 		return;
 	}
 	ex->upstream_status = answer->status;
-	if (!answer->download_body) {
+	if (answer->download_body) {
+		metrics_download_started();
+		metrics_download_bytes(answer->body_length);
+		metrics_download_finished(METRICS_DOWNLOAD_COMPLETE);
+	} else {
 		add_cache_headers(ex, answer);
 		ex->cache_result = x_cache_names[answer->result];
+		metrics_cache(cache_metric[answer->result]);
 	}
 	reply(ex, answer->status, answer->content_type, body);
 	evbuffer_free(body);
@@ -457,9 +582,39 @@ static void handle_export_status(struct exchange *ex)
 	}
 	ex->waiter = cache_wait(server->cache, credential, &q, on_answer, ex);
 	if (ex->waiter == NULL)
-		reply_error(ex, 500, "internal", "the upstream request could not be started");
+		reply_error(ex, 503, "unavailable", "the upstream request could not be started");
 	else
 		client_watch_start(ex);
+}
+
+static enum metrics_route route_of(const char *path)
+{
+	if (path == NULL)
+		return METRICS_ROUTE_OTHER;
+	if (strcmp(path, "/export_status") == 0)
+		return METRICS_ROUTE_EXPORT_STATUS;
+	if (strcmp(path, "/healthz") == 0)
+		return METRICS_ROUTE_HEALTHZ;
+	if (strcmp(path, "/metrics") == 0)
+		return METRICS_ROUTE_METRICS;
+	return METRICS_ROUTE_OTHER;
+}
+
+static void handle_metrics(struct exchange *ex)
+{
+	struct evbuffer *body;
+
+	if (reject_method(ex) < 0)
+		return;
+	body = evbuffer_new();
+	if (body == NULL || metrics_render(body) < 0) {
+		if (body != NULL)
+			evbuffer_free(body);
+		reply_error(ex, 500, "internal", "out of memory");
+		return;
+	}
+	reply(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
+	evbuffer_free(body);
 }
 
 static void handle_request(struct exchange *ex)
@@ -467,27 +622,40 @@ static void handle_request(struct exchange *ex)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
+	int allowed;
 
-	if (peer == NULL || !auth_address_allowed(ex->server->auth, peer)) {
-		reply_error(ex, 403, "forbidden", "this address may not use the gateway");
+	ex->route = route_of(path);
+	copy_printable(ex->path, sizeof(ex->path), path);
+	/* /metrics answers admin_allow only; everything else allow only. */
+	if (ex->route == METRICS_ROUTE_METRICS)
+		allowed = peer != NULL && auth_admin_allowed(ex->server->auth, peer);
+	else
+		allowed = peer != NULL && auth_address_allowed(ex->server->auth, peer);
+	if (!allowed) {
+		reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
 		return;
 	}
 	if (check_sizes(ex) < 0)
 		return;
-	if (path == NULL || path[0] == '\0') {
-		reply_error(ex, 400, "bad_request", "the request target has no path");
-		return;
-	}
-	copy_printable(ex->path, sizeof(ex->path), path);
-	if (strcmp(path, "/export_status") == 0) {
+	switch (ex->route) {
+	case METRICS_ROUTE_EXPORT_STATUS:
 		handle_export_status(ex);
-	} else if (strcmp(path, "/healthz") == 0) {
-		if (reject_method(ex) < 0)
-			return;
-		reply_json_text(ex, 200, "{\"status\":\"ok\"}");
-	} else {
-		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
+		return;
+	case METRICS_ROUTE_HEALTHZ:
+		if (reject_method(ex) == 0)
+			reply_json_text(ex, 200, "{\"status\":\"ok\"}");
+		return;
+	case METRICS_ROUTE_METRICS:
+		handle_metrics(ex);
+		return;
+	case METRICS_ROUTE_OTHER:
+	case METRICS_ROUTE_COUNT:
+		break;
 	}
+	if (path == NULL || path[0] == '\0')
+		reply_error(ex, 400, "bad_request", "the request target has no path");
+	else
+		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
 }
 
 static void describe_peer(struct exchange *ex)
@@ -520,13 +688,18 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->server = server;
 	ex->req = req;
 	ex->connection = evhttp_request_get_connection(req);
+	ex->route = METRICS_ROUTE_OTHER;
+	ex->owner = connection_find(server, ex->connection);
+	if (ex->owner == NULL)
+		ex->owner = connection_track(server, ex->connection);
+	if (ex->owner != NULL)
+		ex->owner->exchange = ex;
 	ex->method_type = method;
 	ex->head = method == EVHTTP_REQ_HEAD;
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
 	describe_peer(ex);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
-	evhttp_connection_set_closecb(ex->connection, on_connection_close, ex);
 	handle_request(ex);
 }
 
@@ -734,10 +907,13 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 	server->upstream = upstream_new(base);
 	server->log_flush = event_new(base, -1, EV_PERSIST, on_log_flush, server);
 	server->drain_check = event_new(base, -1, 0, on_drain_check, server);
+	server->adopt = event_new(base, -1, 0, on_adopt, server);
 	if (server->http == NULL || server->upstream == NULL || server->log_flush == NULL ||
-	    server->drain_check == NULL || event_add(server->log_flush, &flush_every) < 0)
+	    server->drain_check == NULL || server->adopt == NULL ||
+	    event_add(server->log_flush, &flush_every) < 0)
 		goto fail;
 	evhttp_set_gencb(server->http, on_request, server);
+	evhttp_set_bevcb(server->http, on_new_bufferevent, server);
 	evhttp_set_allowed_methods(server->http,
 				   EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 					   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -783,6 +959,13 @@ void server_free(struct server *server)
 	/* Closes every connection; their exchanges are torn down by the close callback. */
 	if (server->http != NULL)
 		evhttp_free(server->http);
+	on_adopt(-1, 0, server); /* releases bufferevents accepted in this very turn */
+	free(server->adopting);
+	if (server->adopt != NULL)
+		event_free(server->adopt);
+	if (server->connections != NULL)
+		log_error("%s: %u connections were never closed by evhttp", __func__,
+			  HASH_COUNT(server->connections));
 	cache_free(server->cache);
 	upstream_free(server->upstream);
 	if (server->log_flush != NULL)

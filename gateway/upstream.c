@@ -18,6 +18,7 @@
 
 #include "conf.h"
 #include "log.h"
+#include "metrics.h"
 #include "query.h"
 
 #define UPSTREAM_USER_AGENT "gumloop-gateway/" PACKAGE_VERSION
@@ -262,6 +263,8 @@ static void call_finish(struct upstream_call *call, CURLcode code)
 		if (result.outcome == UPSTREAM_TOO_LARGE)
 			result.error = "response body over 1 MiB";
 	}
+	metrics_upstream(result.outcome == UPSTREAM_OK ? (int)result.status : 0,
+			 result.outcome == UPSTREAM_TIMEOUT, result.seconds);
 	call->done(&result, call->arg);
 	call_free(call);
 }

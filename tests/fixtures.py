@@ -116,3 +116,16 @@ class GatewayCase(unittest.TestCase):
         for secret in SECRETS:
             self.assertNotIn(secret.encode(), body)
         return document
+
+
+def metrics(gw):
+    """GET /metrics parsed into {sample name with labels: value}."""
+    status, headers, body = gw.request("GET", "/metrics")
+    assert status == 200, (status, body)
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples, body.decode()

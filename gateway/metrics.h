@@ -1,0 +1,51 @@
+/*
+ * metrics.h -- the process's counters, rendered in Prometheus text format for
+ * GET /metrics. One event loop, so plain counters; every family is rendered
+ * from start-up on, at zero. Nothing secret is ever a label.
+ */
+#ifndef GATEWAY_METRICS_H
+#define GATEWAY_METRICS_H
+
+#include <stdint.h>
+
+struct evbuffer;
+
+enum metrics_route {
+	METRICS_ROUTE_EXPORT_STATUS,
+	METRICS_ROUTE_HEALTHZ,
+	METRICS_ROUTE_METRICS,
+	METRICS_ROUTE_OTHER,
+	METRICS_ROUTE_COUNT,
+};
+
+enum metrics_cache_result {
+	METRICS_CACHE_HIT,
+	METRICS_CACHE_MISS,
+	METRICS_CACHE_COALESCED,
+	METRICS_CACHE_STALE,
+	METRICS_CACHE_RESULT_COUNT,
+};
+
+enum metrics_download_result {
+	METRICS_DOWNLOAD_COMPLETE,
+	METRICS_DOWNLOAD_ABORTED,
+	METRICS_DOWNLOAD_FAILED,
+	METRICS_DOWNLOAD_RESULT_COUNT,
+};
+
+/* A request answered with code (100..599; 499 for a client that left). */
+void metrics_request(enum metrics_route route, int code);
+void metrics_cache(enum metrics_cache_result result);
+/* An upstream call ended: code is its HTTP status, or 0 with timed_out or not. */
+void metrics_upstream(int code, int timed_out, double seconds);
+void metrics_download_started(void);
+void metrics_download_finished(enum metrics_download_result result);
+void metrics_download_bytes(uint64_t bytes);
+void metrics_connection_opened(void);
+void metrics_connection_closed(void);
+void metrics_reload(int ok);
+
+/* Appends the whole exposition to out. 0, or -1 when out of memory. */
+int metrics_render(struct evbuffer *out);
+
+#endif
