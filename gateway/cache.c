@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include <cjson/cJSON.h>
@@ -57,13 +56,12 @@ struct cache_entry {
 
 struct flight {
 	char *key;
-	UT_hash_handle hh; /* only shared flights (status calls) are in the table */
-	struct flight *prev, *next; /* every flight, for cache_free */
+	UT_hash_handle hh;
+	struct flight *prev, *next; /* every flight, also one uthash could not add */
 	struct cache *cache;
 	struct upstream_call *call;
 	struct cache_waiter *waiters;
-	int download;
-	int shared;
+	int in_table;
 	int delivering;
 	char credential[CACHE_NAME_MAX];
 };
@@ -98,7 +96,6 @@ struct outcome {
 	enum entry_kind kind;
 	int64_t ttl_ms; /* -1: not stored */
 	int stale_ok;	/* a failed refresh: stale-if-error may answer instead */
-	int download_body;
 };
 
 static int64_t now_ms(void)
@@ -363,13 +360,8 @@ static void outcome_error(struct outcome *outcome, int status, const char *code,
 		outcome->body_length = strlen(outcome->body);
 }
 
-static int is_json_type(const char *content_type)
-{
-	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
-}
-
 /* Copies the upstream body and type; then decides validity and TTL. */
-static void outcome_from_response(struct cache *cache, struct flight *flight,
+static void outcome_from_response(struct cache *cache, const char *credential,
 				  const struct upstream_result *result, struct outcome *outcome)
 {
 	long status = result->status;
@@ -380,7 +372,7 @@ static void outcome_from_response(struct cache *cache, struct flight *flight,
 	if (status == 401) {
 		log_error("upstream rejected credential '%s' with 401: its api_key (or user_id) "
 			  "is wrong or revoked; every request using it fails until it is fixed",
-			  flight->credential);
+			  credential);
 		outcome_error(outcome, 502, "upstream_auth",
 			      "the gateway's Gumloop credential was rejected by the upstream");
 		return;
@@ -408,11 +400,6 @@ static void outcome_from_response(struct cache *cache, struct flight *flight,
 		outcome->ttl_ms = cache_ttl_for(cache->conf, (int)status, NULL);
 		return;
 	}
-	if (flight->download && result->content_type != NULL &&
-	    !is_json_type(result->content_type)) {
-		outcome->download_body = 1; /* the CSV: relayed, never stored */
-		return;
-	}
 	state = cache_parse_state(outcome->body, length, state_text, sizeof(state_text));
 	if (state == NULL) {
 		outcome_error(outcome, 502, "upstream_invalid",
@@ -423,16 +410,15 @@ static void outcome_from_response(struct cache *cache, struct flight *flight,
 	outcome->ttl_ms = cache_ttl_for(cache->conf, (int)status, state);
 }
 
-static void outcome_from_result(struct cache *cache, struct flight *flight,
+static void outcome_from_result(struct cache *cache, const char *credential,
 				const struct upstream_result *result, struct outcome *outcome)
 {
 	switch (result->outcome) {
 	case UPSTREAM_OK:
-		outcome_from_response(cache, flight, result, outcome);
+		outcome_from_response(cache, credential, result, outcome);
 		return;
 	case UPSTREAM_TIMEOUT:
-		log_warn("upstream timed out (credential '%s'): %s", flight->credential,
-			 result->error);
+		log_warn("upstream timed out (credential '%s'): %s", credential, result->error);
 		outcome_error(outcome, 504, "upstream_timeout",
 			      "the upstream did not answer in time");
 		outcome->stale_ok = 1;
@@ -473,7 +459,7 @@ static void flight_free(struct flight *flight)
 {
 	struct cache *cache = flight->cache;
 
-	if (flight->shared)
+	if (flight->in_table)
 		HASH_DEL(cache->flights, flight);
 	if (flight->prev != NULL)
 		flight->prev->next = flight->next;
@@ -509,43 +495,67 @@ static void flight_deliver(struct flight *flight, const struct cache_answer *sha
 	}
 }
 
-static void on_flight_done(const struct upstream_result *result, void *arg)
+/* The answer for a finished call: stored when cacheable, stale when it may be. */
+static void settle(struct cache *cache, const char *key, const char *credential,
+		   const struct upstream_result *result, cache_answer_cb done, void *arg)
 {
-	struct flight *flight = arg;
-	struct cache *cache = flight->cache;
 	struct outcome outcome = { 0 };
 	struct cache_answer answer = { 0 };
 	struct cache_entry *entry;
 	int64_t now = now_ms();
 
-	flight->call = NULL;
-	outcome_from_result(cache, flight, result, &outcome);
-	entry = entry_find(cache, flight->key);
+	outcome_from_result(cache, credential, result, &outcome);
+	entry = entry_find(cache, key);
 	if (outcome.stale_ok && entry != NULL &&
 	    now <= entry->expires_ms + cache->conf->cache_stale_if_error_ms) {
 		log_warn("refresh failed with %d (credential '%s'); serving the answer fetched "
 			 "%lld s ago (stale-if-error)",
-			 outcome.status, flight->credential,
-			 (long long)((now - entry->fetched_ms) / 1000));
+			 outcome.status, credential, (long long)((now - entry->fetched_ms) / 1000));
 		answer_from_entry(entry, now, CACHE_STALE, &answer);
+	} else if (outcome.ttl_ms > 0 &&
+		   (entry = entry_store(cache, key, &outcome, now)) != NULL) {
+		answer_from_entry(entry, now, CACHE_MISS, &answer);
 	} else {
-		if (outcome.ttl_ms > 0)
-			entry = entry_store(cache, flight->key, &outcome, now);
-		else
-			entry = NULL;
-		if (entry != NULL) {
-			answer_from_entry(entry, now, CACHE_MISS, &answer);
-		} else {
-			answer.status = outcome.status;
-			answer.content_type = outcome.content_type;
-			answer.body = outcome.body;
-			answer.body_length = outcome.body_length;
-			answer.result = CACHE_MISS;
-			answer.download_body = outcome.download_body;
-		}
+		answer.status = outcome.status;
+		answer.content_type = outcome.content_type;
+		answer.body = outcome.body;
+		answer.body_length = outcome.body_length;
+		answer.result = CACHE_MISS;
 	}
-	flight_deliver(flight, &answer);
+	done(&answer, arg);
 	outcome_clear(&outcome);
+}
+
+void cache_settle(struct cache *cache, const char *user_id, const char *export_id,
+		  const char *credential, const struct upstream_result *result,
+		  cache_answer_cb done, void *arg)
+{
+	char *key = make_key(user_id, export_id);
+	struct cache_answer answer = { 0 };
+
+	if (key == NULL) {
+		answer.status = 500;
+		answer.content_type = "application/json";
+		answer.body = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
+		answer.body_length = strlen(answer.body);
+		done(&answer, arg);
+		return;
+	}
+	settle(cache, key, credential, result, done, arg);
+	free(key);
+}
+
+static void deliver(const struct cache_answer *answer, void *arg)
+{
+	flight_deliver(arg, answer);
+}
+
+static void on_flight_done(const struct upstream_result *result, void *arg)
+{
+	struct flight *flight = arg;
+
+	flight->call = NULL;
+	settle(flight->cache, flight->key, flight->credential, result, deliver, flight);
 	flight_free(flight);
 }
 
@@ -560,7 +570,6 @@ static struct flight *flight_start(struct cache *cache, const char *key,
 		return NULL;
 	}
 	flight->cache = cache;
-	flight->download = q->download;
 	snprintf(flight->credential, sizeof(flight->credential), "%s", credential->name);
 	flight->call = upstream_start_status(cache->upstream, cache->conf, credential, q,
 					     on_flight_done, flight);
@@ -569,13 +578,9 @@ static struct flight *flight_start(struct cache *cache, const char *key,
 		free(flight);
 		return NULL;
 	}
-	flight->shared = !q->download;
-	if (flight->shared) {
-		hash_add_failed = 0;
-		HASH_ADD_KEYPTR(hh, cache->flights, flight->key, strlen(flight->key), flight);
-		if (hash_add_failed) /* uthash could not grow: the call runs unshared */
-			flight->shared = 0;
-	}
+	hash_add_failed = 0;
+	HASH_ADD_KEYPTR(hh, cache->flights, flight->key, strlen(flight->key), flight);
+	flight->in_table = !hash_add_failed; /* if not, the call runs unshared */
 	flight->prev = NULL;
 	flight->next = cache->all_flights;
 	if (cache->all_flights != NULL)
@@ -594,8 +599,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 
 	if (key == NULL || waiter == NULL)
 		goto fail;
-	if (!q->download)
-		HASH_FIND_STR(cache->flights, key, flight);
+	HASH_FIND_STR(cache->flights, key, flight);
 	if (flight == NULL) {
 		flight = flight_start(cache, key, credential, q);
 		if (flight == NULL)

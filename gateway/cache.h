@@ -16,6 +16,7 @@ struct upstream;
 struct conf;
 struct conf_credential;
 struct query;
+struct upstream_result;
 
 enum cache_result {
 	CACHE_HIT,	 /* served from a live entry */
@@ -34,7 +35,6 @@ struct cache_answer {
 	int cached;		/* age and ttl describe a cache entry */
 	int64_t age_seconds;	/* since the entry was fetched (RFC 9111 Age) */
 	int64_t ttl_seconds;	/* left to live; negative when stale */
-	int download_body;	/* a non-JSON body relayed for download=true */
 };
 
 /* Fires exactly once per waiter that was not cancelled. */
@@ -67,11 +67,10 @@ int cache_lookup(struct cache *cache, const struct conf_credential *credential,
 		 const struct query *q, struct cache_answer *answer);
 
 /*
- * Gets the answer from upstream. A status call joins the call in flight for its
- * key, or starts one; download=true always gets a call of its own (it may bring
- * a CSV), whose JSON answer still refreshes the cache. done fires from the event
- * loop, never from inside this call. Returns NULL (logged) when no call could be
- * started. credential is copied as needed.
+ * Gets a status answer from upstream: joins the call in flight for its key, or
+ * starts one (q->download must be 0: downloads are the relay's). done fires from
+ * the event loop, never from inside this call. Returns NULL (logged) when no
+ * call could be started. credential is copied as needed.
  */
 struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credential *credential,
 				const struct query *q, cache_answer_cb done, void *arg);
@@ -81,6 +80,15 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
  * waiter of a call aborts it.
  */
 void cache_waiter_cancel(struct cache_waiter *waiter);
+
+/*
+ * Turns a finished upstream call for (user_id, export_id) into its answer the way
+ * a status call does (error mapping, storing, stale-if-error), for calls made
+ * elsewhere (a download that got JSON). done fires before this returns.
+ */
+void cache_settle(struct cache *cache, const char *user_id, const char *export_id,
+		  const char *credential, const struct upstream_result *result,
+		  cache_answer_cb done, void *arg);
 
 /*
  * Stores an upstream answer for (user_id, export_id) as a status call would:

@@ -30,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
+#include "relay.h"
 #include "upstream.h"
 
 /* An allocation failure inside uthash drops the insert instead of exiting. */
@@ -47,6 +48,7 @@ static int hash_add_failed;
 #define SERVER_EVHTTP_MAX_HEADERS (64 * 1024)
 #define SERVER_MAX_BODY 1024
 #define SERVER_LOG_FLUSH_MS 1000
+#define SERVER_MAX_RANGE_HEADER 256
 
 struct listener {
 	char *text; /* conf_listen.text, the identity kept across reloads */
@@ -77,6 +79,7 @@ struct server {
 	int access_log_owned;
 	struct event *log_flush;
 	size_t active; /* requests begun and not yet completed or dropped */
+	size_t downloads; /* relays running, for max_downloads */
 	struct connection *connections; /* uthash, keyed by evcon */
 	struct bufferevent **adopting;	/* accepted, their evcon not known yet */
 	size_t adopting_count, adopting_cap;
@@ -94,12 +97,16 @@ struct exchange {
 	struct connection *owner; /* NULL once the connection is gone */
 	enum metrics_route route;
 	struct cache_waiter *waiter;
+	struct relay *relay;
+	int download_counted; /* holds one of server->downloads */
+	int streaming;	      /* a relayed body is being sent */
+	int relay_ended;      /* the relay said how the body ended */
+	int close_when_flushed;
+	const char *end_note; /* why it ended, when not the usual way */
 	struct event *client_watch; /* notices a client leaving while we wait */
 	struct timespec start;
 	enum evhttp_cmd_type method_type;
 	int head;
-	int download;
-	int replied;
 	int status;
 	size_t bytes;
 	long upstream_status;
@@ -225,6 +232,13 @@ static void client_watch_start(struct exchange *ex)
 	}
 }
 
+static void download_release(struct exchange *ex)
+{
+	if (ex->download_counted)
+		ex->server->downloads--;
+	ex->download_counted = 0;
+}
+
 /*
  * The one teardown of an exchange: logs it, cancels its upstream call, and gives
  * the request back to libevent (or frees it when libevent let go of it).
@@ -238,10 +252,16 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	client_watch_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
+	if (ex->streaming && !ex->relay_ended)
+		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
+	relay_free(ex->relay);
+	ex->relay = NULL;
+	download_release(ex);
 	if (ex->owner != NULL)
 		ex->owner->exchange = NULL;
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
-	if (!ex->replied && evhttp_request_get_connection(ex->req) == NULL)
+	/* libevent lets go of a request whose client left before its reply ended */
+	if (evhttp_request_get_connection(ex->req) == NULL)
 		evhttp_request_free(ex->req);
 	free(ex);
 	server->active--;
@@ -266,9 +286,9 @@ static void on_connection_close(struct evhttp_connection *evcon, void *arg)
 	if (ex != NULL) {
 		ex->owner = NULL;
 		ex->connection = NULL;
-		if (ex->status == 0 || !ex->replied)
+		if (ex->status == 0)
 			ex->status = 499; /* nginx's "client closed request" */
-		exchange_close(ex, "client-closed");
+		exchange_close(ex, ex->end_note ? ex->end_note : "client-closed");
 	}
 	HASH_DEL(server->connections, connection);
 	metrics_connection_closed();
@@ -371,7 +391,6 @@ static void reply(struct exchange *ex, int status, const char *content_type,
 		evhttp_add_header(headers, "Content-Length", length_text);
 		body = NULL;
 	}
-	ex->replied = 1;
 	evhttp_send_reply(ex->req, status, NULL, body);
 }
 
@@ -468,15 +487,9 @@ static void reply_answer(struct exchange *ex, const struct cache_answer *answer)
 		return;
 	}
 	ex->upstream_status = answer->status;
-	if (answer->download_body) {
-		metrics_download_started();
-		metrics_download_bytes(answer->body_length);
-		metrics_download_finished(METRICS_DOWNLOAD_COMPLETE);
-	} else {
-		add_cache_headers(ex, answer);
-		ex->cache_result = x_cache_names[answer->result];
-		metrics_cache(cache_metric[answer->result]);
-	}
+	add_cache_headers(ex, answer);
+	ex->cache_result = x_cache_names[answer->result];
+	metrics_cache(cache_metric[answer->result]);
 	reply(ex, answer->status, answer->content_type, body);
 	evbuffer_free(body);
 }
@@ -488,6 +501,110 @@ static void on_answer(const struct cache_answer *answer, void *arg)
 	ex->waiter = NULL;
 	client_watch_stop(ex);
 	reply_answer(ex, answer);
+}
+
+static void on_relay_answer(const struct cache_answer *answer, void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->relay_ended = 1;
+	download_release(ex);
+	client_watch_stop(ex);
+	reply_answer(ex, answer);
+}
+
+static void on_relay_started(int status, void *arg)
+{
+	struct exchange *ex = arg;
+
+	/* evhttp watches the connection itself while it writes */
+	client_watch_stop(ex);
+	ex->status = status;
+	ex->upstream_status = status;
+	ex->streaming = 1;
+	metrics_download_started();
+}
+
+static void on_relay_ended(enum relay_end how, uint64_t bytes, void *arg)
+{
+	struct exchange *ex = arg;
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
+
+	ex->relay_ended = 1;
+	ex->bytes = (size_t)bytes;
+	download_release(ex);
+	if (how == RELAY_COMPLETE) {
+		metrics_download_finished(METRICS_DOWNLOAD_COMPLETE);
+		evhttp_send_reply_end(ex->req); /* may end the exchange before it returns */
+		return;
+	}
+	metrics_download_finished(METRICS_DOWNLOAD_FAILED);
+	ex->end_note = "upstream-failed-mid-body";
+	/*
+	 * No final chunk, or short of Content-Length: the client sees a truncated
+	 * file. What it was sent so far goes out first, then the connection closes.
+	 */
+	if (bev != NULL && evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+		ex->close_when_flushed = 1;
+	else
+		evhttp_connection_free(ex->connection);
+}
+
+static void on_relay_flushed(void *arg)
+{
+	struct exchange *ex = arg;
+
+	if (ex->close_when_flushed)
+		evhttp_connection_free(ex->connection);
+}
+
+static const struct relay_events relay_events = {
+	.answer = on_relay_answer,
+	.started = on_relay_started,
+	.ended = on_relay_ended,
+	.flushed = on_relay_flushed,
+};
+
+/* A Range or If-Range header to forward: short printable ASCII, or absent. */
+static int range_header(struct exchange *ex, const char *name, const char **value)
+{
+	*value = evhttp_find_header(evhttp_request_get_input_headers(ex->req), name);
+	if (*value == NULL)
+		return 0;
+	if (strlen(*value) > SERVER_MAX_RANGE_HEADER)
+		return -1;
+	for (const char *c = *value; *c != '\0'; c++) {
+		if (*c < 0x20 || *c > 0x7e)
+			return -1;
+	}
+	return 0;
+}
+
+static void start_download(struct exchange *ex, const struct conf_credential *credential,
+			   const struct query *q)
+{
+	struct server *server = ex->server;
+	const char *range, *if_range;
+
+	if (range_header(ex, "Range", &range) < 0 || range_header(ex, "If-Range", &if_range) < 0) {
+		reply_error(ex, 400, "bad_request", "Range or If-Range is malformed or too long");
+		return;
+	}
+	if (server->downloads >= (size_t)server->conf->max_downloads) {
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", "1");
+		reply_error(ex, 503, "too_many_downloads",
+			    "max_downloads downloads are running; retry shortly");
+		return;
+	}
+	ex->relay = relay_start(server->upstream, server->cache, server->conf, credential, q,
+				ex->req, ex->head, range, if_range, &relay_events, ex);
+	if (ex->relay == NULL) {
+		reply_error(ex, 503, "unavailable", "the upstream request could not be started");
+		return;
+	}
+	server->downloads++;
+	ex->download_counted = 1;
+	client_watch_start(ex);
 }
 
 /* Request line and header sizes, measured as they were on the wire. */
@@ -568,7 +685,6 @@ static void handle_export_status(struct exchange *ex)
 		return;
 	}
 	copy_printable(ex->export_id, sizeof(ex->export_id), q.data_export_id);
-	ex->download = q.download;
 	index = auth_credential(server->auth, client, q.has_user_id ? q.user_id : NULL);
 	if (index < 0) {
 		reply_error(ex, 403, "forbidden", "this user_id may not be used by this client");
@@ -578,6 +694,10 @@ static void handle_export_status(struct exchange *ex)
 	copy_printable(ex->credential, sizeof(ex->credential), credential->name);
 	if (cache_lookup(server->cache, credential, &q, &answer)) {
 		reply_answer(ex, &answer);
+		return;
+	}
+	if (q.download) {
+		start_download(ex, credential, &q);
 		return;
 	}
 	ex->waiter = cache_wait(server->cache, credential, &q, on_answer, ex);

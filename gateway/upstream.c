@@ -14,6 +14,8 @@
 #include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <openssl/crypto.h>
 
 #include "conf.h"
@@ -23,6 +25,8 @@
 
 #define UPSTREAM_USER_AGENT "gumloop-gateway/" PACKAGE_VERSION
 #define UPSTREAM_MAX_CONNECT_MS 10000L
+#define UPSTREAM_MAX_HEADER_BYTES (64 * 1024)
+#define UPSTREAM_DOWNLOAD_BUFFER (64 * 1024L)
 
 struct upstream {
 	struct event_base *base;
@@ -38,6 +42,13 @@ struct upstream_call {
 	struct curl_slist *headers; /* holds the API key: wiped before free */
 	struct evbuffer *body;
 	int too_large;
+	struct upstream_download_handlers handlers; /* all NULL but done for status calls */
+	enum upstream_mode mode;
+	struct evkeyvalq response_headers;
+	size_t header_bytes;
+	int paused;
+	struct event *idle_timer; /* downloads: no byte for upstream_idle_timeout */
+	struct timeval idle_timeout;
 	upstream_done_cb done;
 	void *arg;
 	struct upstream_call *prev, *next;
@@ -51,6 +62,7 @@ struct upstream_socket {
 };
 
 static void check_multi_info(struct upstream *upstream);
+static void call_finish(struct upstream_call *call, CURLcode code);
 
 static void socket_action(struct upstream *upstream, curl_socket_t fd, int flags)
 {
@@ -183,6 +195,9 @@ static void call_free(struct upstream_call *call)
 	curl_slist_free_all(call->headers);
 	if (call->body != NULL)
 		evbuffer_free(call->body);
+	evhttp_clear_headers(&call->response_headers);
+	if (call->idle_timer != NULL)
+		event_free(call->idle_timer);
 	if (call->prev != NULL)
 		call->prev->next = call->next;
 	else if (upstream->calls == call)
@@ -225,6 +240,7 @@ static enum upstream_outcome classify(CURLcode code, int too_large)
 	case CURLE_OPERATION_TIMEDOUT:
 		return UPSTREAM_TIMEOUT;
 	case CURLE_WRITE_ERROR:
+	case CURLE_FILESIZE_EXCEEDED:
 		return too_large ? UPSTREAM_TOO_LARGE : UPSTREAM_FAILED;
 	case CURLE_COULDNT_RESOLVE_HOST:
 	case CURLE_COULDNT_CONNECT:
@@ -289,10 +305,48 @@ static void check_multi_info(struct upstream *upstream)
 	}
 }
 
+/* Something arrived: the idle clock of a download starts again. */
+static void idle_restart(struct upstream_call *call)
+{
+	if (call->idle_timer != NULL && evtimer_add(call->idle_timer, &call->idle_timeout) < 0)
+		log_error("%s: cannot arm the idle timer", __func__);
+}
+
+/*
+ * No byte for upstream_idle_timeout. A transfer we paused ourselves (the client
+ * is behind) is not idle: the clock starts again when it resumes.
+ */
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream_call *call = arg;
+
+	(void)fd;
+	(void)what;
+	if (call->paused)
+		return;
+	snprintf(call->error, sizeof(call->error),
+		 "no data from the upstream for upstream_idle_timeout");
+	call_finish(call, CURLE_OPERATION_TIMEDOUT);
+}
+
 static size_t write_cb(char *data, size_t size, size_t count, void *userp)
 {
 	struct upstream_call *call = userp;
 	size_t bytes = size * count;
+
+	idle_restart(call);
+
+	if (call->mode == UPSTREAM_STREAM) {
+		int taken = call->handlers.data(data, bytes, call->arg);
+
+		if (taken > 0) {
+			call->paused = 1;
+			return CURL_WRITEFUNC_PAUSE;
+		}
+		return taken == 0 ? bytes : 0;
+	}
+	if (call->mode == UPSTREAM_ABORT)
+		return 0;
 
 	if (evbuffer_get_length(call->body) + bytes > UPSTREAM_MAX_JSON_BYTES) {
 		call->too_large = 1;
@@ -301,6 +355,78 @@ static size_t write_cb(char *data, size_t size, size_t count, void *userp)
 	if (evbuffer_add(call->body, data, bytes) < 0)
 		return 0;
 	return bytes;
+}
+
+/* Keeps one "Name: value" header line of the response. */
+static int keep_header(struct upstream_call *call, const char *line, size_t length)
+{
+	char copy[1024];
+	char *colon, *value, *end;
+
+	if (length >= sizeof(copy))
+		return 0; /* not one we relay: those are short */
+	memcpy(copy, line, length);
+	copy[length] = '\0';
+	colon = strchr(copy, ':');
+	if (colon == NULL || colon == copy)
+		return 0;
+	*colon = '\0';
+	for (value = colon + 1; *value == ' ' || *value == '\t'; value++)
+		;
+	for (end = value + strlen(value); end > value && (end[-1] == '\r' || end[-1] == '\n' ||
+							  end[-1] == ' ' || end[-1] == '\t');
+	     end--)
+		;
+	*end = '\0';
+	return evhttp_add_header(&call->response_headers, copy, value);
+}
+
+/*
+ * CURLOPT_HEADERFUNCTION for downloads: collects the final response's headers,
+ * then asks the handler how to take the body before any of it arrives.
+ */
+static size_t header_cb(char *data, size_t size, size_t count, void *userp)
+{
+	struct upstream_call *call = userp;
+	size_t bytes = size * count;
+	long status = 0;
+
+	idle_restart(call);
+
+	if (bytes >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+		evhttp_clear_headers(&call->response_headers);
+		call->header_bytes = 0;
+		return bytes;
+	}
+	if (bytes > 0 && (data[0] == '\r' || data[0] == '\n')) {
+		if (curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+			return 0;
+		if (status >= 100 && status < 200)
+			return bytes; /* an interim answer; the real one follows */
+		call->mode = call->handlers.headers(status, &call->response_headers, call->arg);
+		return call->mode == UPSTREAM_ABORT ? 0 : bytes;
+	}
+	call->header_bytes += bytes;
+	if (call->header_bytes > UPSTREAM_MAX_HEADER_BYTES) {
+		call->too_large = 1;
+		return 0;
+	}
+	if (keep_header(call, data, bytes) < 0)
+		return 0;
+	return bytes;
+}
+
+void upstream_resume(struct upstream_call *call)
+{
+	CURLcode rc;
+
+	if (call == NULL || !call->paused)
+		return;
+	call->paused = 0;
+	idle_restart(call);
+	rc = curl_easy_pause(call->easy, CURLPAUSE_CONT);
+	if (rc != CURLE_OK)
+		log_error("%s: curl_easy_pause: %s", __func__, curl_easy_strerror(rc));
 }
 
 /* Appends "name: value" to the call's headers, wiping the temporary copy. */
@@ -345,6 +471,29 @@ static char *status_url(CURL *easy, const char *base, const struct conf_credenti
 		}                                                                    \
 	} while (0)
 
+/* Request options only downloads have. */
+static int configure_download(struct upstream_call *call, const struct conf *conf,
+			      const char *range, const char *if_range)
+{
+	CURL *easy = call->easy;
+
+	call->idle_timeout.tv_sec = conf->upstream_idle_timeout_ms / 1000;
+	call->idle_timeout.tv_usec = (conf->upstream_idle_timeout_ms % 1000) * 1000;
+	call->idle_timer = evtimer_new(call->upstream->base, on_idle, call);
+	if (call->idle_timer == NULL || evtimer_add(call->idle_timer, &call->idle_timeout) < 0)
+		goto fail;
+	if ((range != NULL && add_header(call, "Range", range) < 0) ||
+	    (if_range != NULL && add_header(call, "If-Range", if_range) < 0))
+		goto fail;
+	SETOPT(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+	SETOPT(easy, CURLOPT_BUFFERSIZE, UPSTREAM_DOWNLOAD_BUFFER);
+	SETOPT(easy, CURLOPT_HEADERFUNCTION, header_cb);
+	SETOPT(easy, CURLOPT_HEADERDATA, call);
+	return 0;
+fail:
+	return -1;
+}
+
 static int call_configure(struct upstream_call *call, const struct conf *conf,
 			  const struct conf_credential *credential, const struct query *q)
 {
@@ -377,7 +526,8 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	if (conf->upstream_ca != NULL)
 		SETOPT(easy, CURLOPT_CAINFO, conf->upstream_ca);
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
-	SETOPT(easy, CURLOPT_TIMEOUT_MS, (long)conf->upstream_timeout_ms);
+	if (!q->download)
+		SETOPT(easy, CURLOPT_TIMEOUT_MS, (long)conf->upstream_timeout_ms);
 	SETOPT(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
 	SETOPT(easy, CURLOPT_USERAGENT, UPSTREAM_USER_AGENT);
 	SETOPT(easy, CURLOPT_ERRORBUFFER, call->error);
@@ -392,11 +542,12 @@ fail:
 	return -1;
 }
 
-struct upstream_call *upstream_start_status(struct upstream *upstream,
-					    const struct conf *conf,
-					    const struct conf_credential *credential,
-					    const struct query *q, upstream_done_cb done,
-					    void *arg)
+static struct upstream_call *call_start(struct upstream *upstream, const struct conf *conf,
+				       const struct conf_credential *credential,
+				       const struct query *q, const char *range,
+				       const char *if_range,
+				       const struct upstream_download_handlers *handlers,
+				       upstream_done_cb done, void *arg)
 {
 	struct upstream_call *call = calloc(1, sizeof(*call));
 	CURLMcode rc;
@@ -406,6 +557,12 @@ struct upstream_call *upstream_start_status(struct upstream *upstream,
 	call->upstream = upstream;
 	call->done = done;
 	call->arg = arg;
+	if (handlers != NULL)
+		call->handlers = *handlers;
+	call->mode = UPSTREAM_BUFFER;
+	/* TAILQ_INIT, which event2's headers do not export */
+	call->response_headers.tqh_first = NULL;
+	call->response_headers.tqh_last = &call->response_headers.tqh_first;
 	call->next = upstream->calls;
 	if (upstream->calls != NULL)
 		upstream->calls->prev = call;
@@ -414,7 +571,8 @@ struct upstream_call *upstream_start_status(struct upstream *upstream,
 	call->body = evbuffer_new();
 	call->easy = curl_easy_init();
 	if (call->body == NULL || call->easy == NULL ||
-	    call_configure(call, conf, credential, q) < 0)
+	    call_configure(call, conf, credential, q) < 0 ||
+	    (handlers != NULL && configure_download(call, conf, range, if_range) < 0))
 		goto fail;
 	rc = curl_multi_add_handle(upstream->multi, call->easy);
 	if (rc != CURLM_OK) {
@@ -428,4 +586,25 @@ fail:
 	log_error("%s: cannot start the upstream request", __func__);
 	call_free(call);
 	return NULL;
+}
+
+struct upstream_call *upstream_start_status(struct upstream *upstream,
+					    const struct conf *conf,
+					    const struct conf_credential *credential,
+					    const struct query *q, upstream_done_cb done,
+					    void *arg)
+{
+	return call_start(upstream, conf, credential, q, NULL, NULL, NULL, done, arg);
+}
+
+struct upstream_call *upstream_start_download(struct upstream *upstream,
+					      const struct conf *conf,
+					      const struct conf_credential *credential,
+					      const struct query *q, const char *range,
+					      const char *if_range,
+					      const struct upstream_download_handlers *handlers,
+					      void *arg)
+{
+	return call_start(upstream, conf, credential, q, range, if_range, handlers,
+			  handlers->done, arg);
 }

@@ -36,9 +36,29 @@ struct upstream_result {
 
 struct upstream;
 struct upstream_call;
+struct evkeyvalq;
 
 /* Called once per call that was not cancelled; the call is freed right after. */
 typedef void (*upstream_done_cb)(const struct upstream_result *result, void *arg);
+
+/* What a download call does with the body, decided when the headers are in. */
+enum upstream_mode {
+	UPSTREAM_BUFFER, /* keep it (capped at UPSTREAM_MAX_JSON_BYTES) for done */
+	UPSTREAM_STREAM, /* hand each piece to data as it arrives */
+	UPSTREAM_ABORT,	 /* stop now; done fires with UPSTREAM_FAILED */
+};
+
+struct upstream_download_handlers {
+	/* The final response's status and headers (names as sent, values trimmed). */
+	enum upstream_mode (*headers)(long status, const struct evkeyvalq *headers, void *arg);
+	/*
+	 * A piece of body in UPSTREAM_STREAM mode: 0 when taken, 1 when not taken
+	 * now (the transfer pauses and offers it again after upstream_resume), -1 to
+	 * abort. Never calls back into upstream.
+	 */
+	int (*data)(const char *bytes, size_t length, void *arg);
+	upstream_done_cb done;
+};
 
 /* A multi handle on base. Returns NULL (logged) on failure. */
 struct upstream *upstream_new(struct event_base *base);
@@ -58,6 +78,23 @@ struct upstream_call *upstream_start_status(struct upstream *upstream,
 					    const struct conf_credential *credential,
 					    const struct query *q, upstream_done_cb done,
 					    void *arg);
+
+/*
+ * Starts GET .../export_status?...&download=true as upstream_start_status does,
+ * over HTTP/1.1 without content encoding (so a paused transfer buffers little),
+ * with the client's Range and If-Range (NULL: none; the caller validated them),
+ * and with conf->upstream_idle_timeout instead of a total timeout.
+ */
+struct upstream_call *upstream_start_download(struct upstream *upstream,
+					      const struct conf *conf,
+					      const struct conf_credential *credential,
+					      const struct query *q, const char *range,
+					      const char *if_range,
+					      const struct upstream_download_handlers *handlers,
+					      void *arg);
+
+/* Resumes a transfer paused by the data handler; pieces may arrive before it returns. */
+void upstream_resume(struct upstream_call *call);
 
 /* Aborts a running call at once; its callback does not fire. */
 void upstream_cancel(struct upstream_call *call);

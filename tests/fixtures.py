@@ -71,11 +71,13 @@ def credentials(personal_key_spec=None):
 ENV = {"TEST_OAUTH_KEY": OAUTH_KEY}
 
 
-def start_gateway(name, sections=None, **overrides):
+def start_gateway(name, sections=None, extra_env=None, **overrides):
     port = free_port()
     text = ini(base_settings(port, **overrides),
                credentials() if sections is None else sections)
-    return Gateway(state["tmp"].path, text, name=name, env=ENV, port=port)
+    env = dict(ENV)
+    env.update(extra_env or {})
+    return Gateway(state["tmp"].path, text, name=name, env=env, port=port)
 
 
 def q(export_id, **params):
@@ -89,10 +91,11 @@ class GatewayCase(unittest.TestCase):
 
     overrides = {}
     sections = None
+    extra_env = None
 
     @classmethod
     def setUpClass(cls):
-        cls.gw = start_gateway(cls.__name__, cls.sections, **cls.overrides)
+        cls.gw = start_gateway(cls.__name__, cls.sections, cls.extra_env, **cls.overrides)
 
     @classmethod
     def tearDownClass(cls):

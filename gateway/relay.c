@@ -1,0 +1,187 @@
+/*
+ * relay.c -- streams a CSV download from libcurl's write callback into the
+ * client's connection. Above RELAY_HIGH_WATERMARK queued bytes the transfer is
+ * paused; evhttp tells us when the queue has drained and it is resumed, so a
+ * slow client costs at most the watermark plus libcurl's buffer.
+ */
+#include "relay.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "cache.h"
+#include "conf.h"
+#include "log.h"
+#include "metrics.h"
+#include "query.h"
+#include "upstream.h"
+
+/* Response headers a download passes through, as design.md lists them. */
+static const char *const passed_headers[] = {
+	"Content-Type",	 "Content-Disposition", "Content-Length", "Content-Range",
+	"Accept-Ranges", "Last-Modified",	"ETag",
+};
+
+struct relay {
+	struct evhttp_request *req;
+	struct upstream_call *call;
+	struct cache *cache;
+	struct evbuffer *chunk;
+	const struct relay_events *events;
+	void *arg;
+	char *user_id;
+	char export_id[QUERY_MAX_ID_BYTES + 1];
+	char credential[64];
+	char *content_range; /* of a 416, which has no body to stream */
+	int head;
+	int streaming;
+	int ended;
+	uint64_t bytes;
+};
+
+void relay_free(struct relay *relay)
+{
+	if (relay == NULL)
+		return;
+	upstream_cancel(relay->call);
+	if (relay->chunk != NULL)
+		evbuffer_free(relay->chunk);
+	free(relay->content_range);
+	free(relay->user_id);
+	free(relay);
+}
+
+static int is_json_type(const char *content_type)
+{
+	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
+}
+
+static enum upstream_mode on_headers(long status, const struct evkeyvalq *headers, void *arg)
+{
+	struct relay *relay = arg;
+	struct evkeyvalq *out = evhttp_request_get_output_headers(relay->req);
+	const char *type = evhttp_find_header(headers, "Content-Type");
+
+	/* Errors and JSON states are small: buffered, then answered like a status call. */
+	if (status < 200 || status >= 300 || type == NULL || is_json_type(type)) {
+		const char *content_range = evhttp_find_header(headers, "Content-Range");
+
+		if (status == 416 && content_range != NULL &&
+		    (relay->content_range = strdup(content_range)) == NULL)
+			return UPSTREAM_ABORT;
+		return UPSTREAM_BUFFER;
+	}
+	for (size_t i = 0; i < sizeof(passed_headers) / sizeof(passed_headers[0]); i++) {
+		const char *value = evhttp_find_header(headers, passed_headers[i]);
+
+		if (value != NULL && evhttp_add_header(out, passed_headers[i], value) < 0)
+			return UPSTREAM_ABORT;
+	}
+	relay->streaming = 1;
+	relay->events->started((int)status, relay->arg);
+	evhttp_send_reply_start(relay->req, (int)status, NULL);
+	/* HEAD: the headers were all the client wanted. */
+	return relay->head ? UPSTREAM_ABORT : UPSTREAM_STREAM;
+}
+
+static void on_drained(struct evhttp_connection *evcon, void *arg)
+{
+	struct relay *relay = arg;
+
+	(void)evcon;
+	if (relay->ended)
+		relay->events->flushed(relay->arg);
+	else
+		upstream_resume(relay->call);
+}
+
+static int on_data(const char *bytes, size_t length, void *arg)
+{
+	struct relay *relay = arg;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(relay->req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+
+	if (bev == NULL)
+		return -1;
+	if (evbuffer_get_length(bufferevent_get_output(bev)) >= RELAY_HIGH_WATERMARK)
+		return 1;
+	if (evbuffer_add(relay->chunk, bytes, length) < 0)
+		return -1;
+	evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
+	relay->bytes += length;
+	metrics_download_bytes(length);
+	return 0;
+}
+
+static void on_answer(const struct cache_answer *answer, void *arg)
+{
+	struct relay *relay = arg;
+
+	if (answer->status == 416 && relay->content_range != NULL)
+		evhttp_add_header(evhttp_request_get_output_headers(relay->req), "Content-Range",
+				  relay->content_range);
+	relay->events->answer(answer, relay->arg);
+}
+
+static void on_done(const struct upstream_result *result, void *arg)
+{
+	struct relay *relay = arg;
+
+	relay->call = NULL;
+	relay->ended = 1;
+	if (!relay->streaming) {
+		cache_settle(relay->cache, relay->user_id, relay->export_id, relay->credential,
+			     result, on_answer, relay);
+	} else if (relay->head || result->outcome == UPSTREAM_OK) {
+		relay->events->ended(RELAY_COMPLETE, relay->bytes, relay->arg);
+	} else {
+		log_warn("download of %s failed after %llu bytes: %s; closing the client "
+			 "connection so the file cannot pass for complete",
+			 relay->export_id, (unsigned long long)relay->bytes, result->error);
+		relay->events->ended(RELAY_FAILED, relay->bytes, relay->arg);
+	}
+}
+
+static const struct upstream_download_handlers handlers = {
+	.headers = on_headers,
+	.data = on_data,
+	.done = on_done,
+};
+
+struct relay *relay_start(struct upstream *upstream, struct cache *cache,
+			  const struct conf *conf, const struct conf_credential *credential,
+			  const struct query *q, struct evhttp_request *req, int head,
+			  const char *range, const char *if_range,
+			  const struct relay_events *events, void *arg)
+{
+	struct relay *relay = calloc(1, sizeof(*relay));
+
+	if (relay == NULL)
+		return NULL;
+	relay->req = req;
+	relay->cache = cache;
+	relay->events = events;
+	relay->arg = arg;
+	relay->head = head;
+	relay->chunk = evbuffer_new();
+	relay->user_id = strdup(credential->user_id);
+	snprintf(relay->export_id, sizeof(relay->export_id), "%s", q->data_export_id);
+	snprintf(relay->credential, sizeof(relay->credential), "%s", credential->name);
+	if (relay->chunk == NULL || relay->user_id == NULL)
+		goto fail;
+	relay->call = upstream_start_download(upstream, conf, credential, q, range, if_range,
+					      &handlers, relay);
+	if (relay->call == NULL)
+		goto fail;
+	return relay;
+fail:
+	relay_free(relay);
+	return NULL;
+}
