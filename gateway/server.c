@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -353,6 +354,16 @@ static struct bufferevent *on_new_bufferevent(struct event_base *base, void *arg
 	return bev;
 }
 
+/* Streamed chunks and small answers go out now, not after the peer's ACK. */
+static void set_no_delay(struct bufferevent *bev)
+{
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	int on = 1;
+
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
+		log_debug("TCP_NODELAY: %s", strerror(errno));
+}
+
 static void on_adopt(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *server = arg;
@@ -367,6 +378,8 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
 		if (evcon != NULL && connection_find(server, evcon) == NULL &&
 		    connection_track(server, evcon) == NULL)
 			log_warn("%s: out of memory tracking a connection", __func__);
+		if (evcon != NULL)
+			set_no_delay(bev);
 		bufferevent_decref(bev);
 	}
 	server->adopting_count = 0;

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -1305,6 +1306,22 @@ fail:
 		evbuffer_free(json);
 }
 
+/*
+ * Headers and body go out in two TLS writes; without TCP_NODELAY the second waits
+ * for the peer's delayed ACK (~40 ms) and every answer looks slow.
+ */
+static void
+fake_no_delay(struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	int on = 1;
+
+	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
+		fprintf(stderr, "fake-upstream: TCP_NODELAY: %s\n", strerror(errno));
+}
+
 static void
 fake_handle_export_status(struct fake_server *server, struct evhttp_request *req)
 {
@@ -1315,6 +1332,7 @@ fake_handle_export_status(struct fake_server *server, struct evhttp_request *req
 	struct fake_export *export = NULL;
 
 	TAILQ_INIT(&params);
+	fake_no_delay(req);
 	server->requests++;
 	/* A malformed query leaves params empty, which is answered as missing fields. */
 	if (query != NULL && evhttp_parse_query_str(query, &params) != 0)
