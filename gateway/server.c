@@ -197,24 +197,27 @@ static void client_watch_stop(struct exchange *ex)
 /*
  * libevent 2.1 stops reading a connection while its request is being answered,
  * so it would notice a client that hung up only when the answer is written. We
- * peek at the socket ourselves meanwhile, as nginx does: end of file means the
- * client is gone, and the connection is closed now, which aborts the upstream
- * call through on_connection_close. Bytes waiting (a pipelined request) end the
- * watch: they are evhttp's to read.
+ * watch the socket ourselves meanwhile, as nginx does: the peer closing its side
+ * (EV_CLOSED, epoll's EPOLLRDHUP: seen even behind unread bytes such as a TLS
+ * close_notify) means the client is gone, and the connection is closed now,
+ * which aborts the upstream call through on_connection_close. Without EV_CLOSED
+ * we peek for end of file, and bytes waiting (a pipelined request) end the watch.
  */
-static void on_client_readable(evutil_socket_t fd, short what, void *arg)
+static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 {
 	struct exchange *ex = arg;
 	char byte;
-	ssize_t n = recv(fd, &byte, 1, MSG_PEEK);
+	ssize_t n;
 
-	(void)what;
-	if (n > 0)
-		return;
-	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-		if (event_add(ex->client_watch, NULL) < 0)
-			log_warn("%s: cannot watch the client connection", __func__);
-		return;
+	if (!(what & EV_CLOSED)) {
+		n = recv(fd, &byte, 1, MSG_PEEK);
+		if (n > 0)
+			return;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+			if (event_add(ex->client_watch, NULL) < 0)
+				log_warn("%s: cannot watch the client connection", __func__);
+			return;
+		}
 	}
 	evhttp_connection_free(ex->connection);
 }
@@ -223,10 +226,13 @@ static void client_watch_start(struct exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	short kind = (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
+			     ? EV_CLOSED
+			     : EV_READ;
 
 	if (fd < 0)
 		return;
-	ex->client_watch = event_new(ex->server->base, fd, EV_READ, on_client_readable, ex);
+	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
 	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
 		log_warn("%s: cannot watch the client connection", __func__);
 		client_watch_stop(ex);
