@@ -28,63 +28,35 @@
 #include "auth.h"
 #include "cache.h"
 #include "conf.h"
+#include "listeners.h"
 #include "log.h"
 #include "metrics.h"
 #include "query.h"
 #include "relay.h"
 #include "upstream.h"
 
-/* An allocation failure inside uthash drops the insert instead of exiting. */
-static int hash_add_failed;
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(element) \
-	do {                          \
-		hash_add_failed = 1;  \
-	} while (0)
-#include <uthash.h>
-
 #define SERVER_MAX_REQUEST_LINE (8 * 1024)
 #define SERVER_MAX_HEADERS (16 * 1024)
-/* evhttp's own hard cap, above ours so that we answer 414/431 ourselves. */
-#define SERVER_EVHTTP_MAX_HEADERS (64 * 1024)
-#define SERVER_MAX_BODY 1024
 #define SERVER_LOG_FLUSH_MS 1000
 #define SERVER_MAX_RANGE_HEADER 256
 
-struct listener {
-	char *text; /* conf_listen.text, the identity kept across reloads */
-	struct evhttp_bound_socket *handle;
-};
-
-/*
- * One per client connection, from accept to close: evhttp's close callback is
- * ours for the whole life of the connection, and ends the exchange in progress.
- */
+/* The server's side of an open client connection (listeners.c keeps the rest). */
 struct connection {
-	struct evhttp_connection *evcon; /* the hash key */
-	struct server *server;
 	struct exchange *exchange; /* the request being answered, NULL between them */
-	UT_hash_handle hh;
 };
 
 struct server {
 	struct event_base *base;
-	struct evhttp *http;
+	struct listeners *listeners;
 	struct conf *conf;
 	struct auth *auth;
 	struct upstream *upstream;
 	struct cache *cache;
-	struct listener *listeners;
-	size_t listener_count;
 	FILE *access_log; /* NULL: off */
 	int access_log_owned;
 	struct event *log_flush;
 	size_t active; /* requests begun and not yet completed or dropped */
 	size_t downloads; /* relays running, for max_downloads */
-	struct connection *connections; /* uthash, keyed by evcon */
-	struct bufferevent **adopting;	/* accepted, their evcon not known yet */
-	size_t adopting_count, adopting_cap;
-	struct event *adopt;
 	int draining;
 	void (*drained)(void *arg);
 	void *drained_arg;
@@ -264,8 +236,10 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	relay_free(ex->relay);
 	ex->relay = NULL;
 	download_release(ex);
-	if (ex->owner != NULL)
+	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
+		listeners_idle(server->listeners, ex->connection);
+	}
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
 	/* libevent lets go of a request whose client left before its reply ended */
 	if (evhttp_request_get_connection(ex->req) == NULL)
@@ -282,14 +256,21 @@ static void on_complete(struct evhttp_request *req, void *arg)
 	exchange_close(arg, NULL);
 }
 
-/* evhttp: the client connection is being freed, maybe in the middle of a request. */
-static void on_connection_close(struct evhttp_connection *evcon, void *arg)
+static void *on_connection_opened(struct evhttp_connection *evcon, void *arg)
 {
-	struct connection *connection = arg;
-	struct server *server = connection->server;
-	struct exchange *ex = connection->exchange;
+	(void)evcon;
+	(void)arg;
+	return calloc(1, sizeof(struct connection)); /* NULL: served, just not tracked */
+}
+
+/* The client connection is being freed, maybe in the middle of a request. */
+static void on_connection_closed(struct evhttp_connection *evcon, void *context, void *arg)
+{
+	struct connection *connection = context;
+	struct exchange *ex = connection ? connection->exchange : NULL;
 
 	(void)evcon;
+	(void)arg;
 	if (ex != NULL) {
 		ex->owner = NULL;
 		ex->connection = NULL;
@@ -297,98 +278,7 @@ static void on_connection_close(struct evhttp_connection *evcon, void *arg)
 			ex->status = 499; /* nginx's "client closed request" */
 		exchange_close(ex, ex->end_note ? ex->end_note : "client-closed");
 	}
-	HASH_DEL(server->connections, connection);
-	metrics_connection_closed();
 	free(connection);
-}
-
-static struct connection *connection_track(struct server *server,
-					   struct evhttp_connection *evcon)
-{
-	struct connection *connection = calloc(1, sizeof(*connection));
-
-	if (connection == NULL)
-		return NULL;
-	connection->evcon = evcon;
-	connection->server = server;
-	hash_add_failed = 0;
-	HASH_ADD_PTR(server->connections, evcon, connection);
-	if (hash_add_failed) {
-		free(connection);
-		return NULL;
-	}
-	evhttp_connection_set_closecb(evcon, on_connection_close, connection);
-	metrics_connection_opened();
-	return connection;
-}
-
-static struct connection *connection_find(struct server *server,
-					  struct evhttp_connection *evcon)
-{
-	struct connection *connection = NULL;
-
-	HASH_FIND_PTR(server->connections, &evcon, connection);
-	return connection;
-}
-
-/*
- * evhttp (2.1) has no hook for a new connection. It does ask us for the
- * bufferevent of each one it accepts, and right after, makes the connection
- * that bufferevent's callback argument; on_adopt runs before any I/O on it
- * (event_active from inside the accept callback) and takes it from there. A
- * reference keeps the bufferevent readable even if evhttp dropped it meanwhile.
- */
-static struct bufferevent *on_new_bufferevent(struct event_base *base, void *arg)
-{
-	struct server *server = arg;
-	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-
-	if (bev == NULL)
-		return NULL;
-	if (server->adopting_count == server->adopting_cap) {
-		size_t cap = server->adopting_cap ? server->adopting_cap * 2 : 16;
-		struct bufferevent **grown = realloc(server->adopting, cap * sizeof(*grown));
-
-		if (grown == NULL)
-			return bev; /* served, but not tracked: counted when its request comes */
-		server->adopting = grown;
-		server->adopting_cap = cap;
-	}
-	bufferevent_incref(bev);
-	server->adopting[server->adopting_count++] = bev;
-	event_active(server->adopt, EV_TIMEOUT, 0);
-	return bev;
-}
-
-/* Streamed chunks and small answers go out now, not after the peer's ACK. */
-static void set_no_delay(struct bufferevent *bev)
-{
-	evutil_socket_t fd = bufferevent_getfd(bev);
-	int on = 1;
-
-	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
-		log_debug("TCP_NODELAY: %s", strerror(errno));
-}
-
-static void on_adopt(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *server = arg;
-
-	(void)fd;
-	(void)what;
-	for (size_t i = 0; i < server->adopting_count; i++) {
-		struct bufferevent *bev = server->adopting[i];
-		void *evcon = NULL;
-
-		bufferevent_getcb(bev, NULL, NULL, NULL, &evcon);
-		if (evcon != NULL && connection_find(server, evcon) == NULL &&
-		    connection_track(server, evcon) == NULL)
-			log_warn("%s: out of memory tracking a connection", __func__);
-		if (evcon != NULL)
-			set_no_delay(bev);
-		bufferevent_decref(bev);
-	}
-	server->adopting_count = 0;
 }
 
 static void reply(struct exchange *ex, int status, const char *content_type,
@@ -828,9 +718,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->req = req;
 	ex->connection = evhttp_request_get_connection(req);
 	ex->route = METRICS_ROUTE_OTHER;
-	ex->owner = connection_find(server, ex->connection);
-	if (ex->owner == NULL)
-		ex->owner = connection_track(server, ex->connection);
+	ex->owner = listeners_context(server->listeners, ex->connection);
 	if (ex->owner != NULL)
 		ex->owner->exchange = ex;
 	ex->method_type = method;
@@ -897,99 +785,6 @@ static int access_log_open(const struct conf *conf, FILE **out, int *owned)
 	return 0;
 }
 
-static void apply_limits(struct server *server)
-{
-	struct timeval timeout = {
-		.tv_sec = server->conf->client_timeout_ms / 1000,
-		.tv_usec = (server->conf->client_timeout_ms % 1000) * 1000,
-	};
-
-	evhttp_set_timeout_tv(server->http, &timeout);
-}
-
-static int listener_bind(struct server *server, const struct conf_listen *listen,
-			 struct listener *out)
-{
-	if (listen->tls) {
-		log_error("listen %s: TLS listeners are not implemented yet", listen->text);
-		return -1;
-	}
-	out->handle = evhttp_bind_socket_with_handle(server->http, listen->host, listen->port);
-	if (out->handle == NULL) {
-		log_error("listen %s: cannot bind: %s", listen->text, strerror(errno));
-		return -1;
-	}
-	out->text = strdup(listen->text);
-	if (out->text == NULL) {
-		evhttp_del_accept_socket(server->http, out->handle);
-		out->handle = NULL;
-		return -1;
-	}
-	log_info("listening on %s", listen->text);
-	return 0;
-}
-
-static void listener_close(struct server *server, struct listener *listener)
-{
-	if (listener->handle != NULL)
-		evhttp_del_accept_socket(server->http, listener->handle);
-	free(listener->text);
-	listener->handle = NULL;
-	listener->text = NULL;
-}
-
-static void listeners_close(struct server *server, struct listener *listeners, size_t count)
-{
-	for (size_t i = 0; i < count; i++)
-		listener_close(server, &listeners[i]);
-	free(listeners);
-}
-
-static struct listener *listener_find(struct listener *listeners, size_t count,
-				      const char *text)
-{
-	for (size_t i = 0; i < count; i++) {
-		if (listeners[i].text != NULL && strcmp(listeners[i].text, text) == 0)
-			return &listeners[i];
-	}
-	return NULL;
-}
-
-/*
- * The listener set for conf: sockets of unchanged entries move over from the
- * current set (their slots emptied), the rest are bound anew. On failure the
- * current set is left as it was.
- */
-static struct listener *listeners_for(struct server *server, const struct conf *conf)
-{
-	struct listener *next = calloc(conf->listen_count, sizeof(*next));
-	size_t i;
-
-	if (next == NULL)
-		return NULL;
-	for (i = 0; i < conf->listen_count; i++) {
-		struct listener *kept = listener_find(server->listeners, server->listener_count,
-						      conf->listens[i].text);
-
-		if (kept == NULL && listener_bind(server, &conf->listens[i], &next[i]) < 0)
-			goto fail;
-	}
-	for (i = 0; i < conf->listen_count; i++) {
-		struct listener *kept = listener_find(server->listeners, server->listener_count,
-						      conf->listens[i].text);
-
-		if (kept != NULL) {
-			next[i] = *kept;
-			kept->text = NULL;
-			kept->handle = NULL;
-		}
-	}
-	return next;
-fail:
-	listeners_close(server, next, conf->listen_count);
-	return NULL;
-}
-
 static void warn_unenforced(const struct conf *conf)
 {
 	for (size_t i = 0; i < conf->client_count; i++) {
@@ -1003,18 +798,13 @@ static void warn_unenforced(const struct conf *conf)
 static int server_apply(struct server *server, struct conf *conf)
 {
 	struct auth *auth = auth_new(conf);
-	struct listener *listeners = NULL;
 	FILE *access_log = NULL;
 	int owned = 0;
 
-	if (auth == NULL || access_log_open(conf, &access_log, &owned) < 0)
+	/* Everything that can fail first; listeners_apply changes nothing if it fails. */
+	if (auth == NULL || access_log_open(conf, &access_log, &owned) < 0 ||
+	    listeners_apply(server->listeners, conf) < 0)
 		goto fail;
-	listeners = listeners_for(server, conf);
-	if (listeners == NULL)
-		goto fail;
-	listeners_close(server, server->listeners, server->listener_count);
-	server->listeners = listeners;
-	server->listener_count = conf->listen_count;
 	access_log_close(server);
 	server->access_log = access_log;
 	server->access_log_owned = owned;
@@ -1024,7 +814,6 @@ static int server_apply(struct server *server, struct conf *conf)
 		cache_set_conf(server->cache, conf);
 	conf_free(server->conf);
 	server->conf = conf;
-	apply_limits(server);
 	warn_unenforced(conf);
 	return 0;
 fail:
@@ -1034,6 +823,12 @@ fail:
 	return -1;
 }
 
+static const struct listeners_callbacks listeners_callbacks = {
+	.request = on_request,
+	.opened = on_connection_opened,
+	.closed = on_connection_closed,
+};
+
 struct server *server_new(struct event_base *base, struct conf *conf)
 {
 	struct server *server = calloc(1, sizeof(*server));
@@ -1042,24 +837,13 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 	if (server == NULL)
 		return NULL;
 	server->base = base;
-	server->http = evhttp_new(base);
+	server->listeners = listeners_new(base, &listeners_callbacks, server);
 	server->upstream = upstream_new(base);
 	server->log_flush = event_new(base, -1, EV_PERSIST, on_log_flush, server);
 	server->drain_check = event_new(base, -1, 0, on_drain_check, server);
-	server->adopt = event_new(base, -1, 0, on_adopt, server);
-	if (server->http == NULL || server->upstream == NULL || server->log_flush == NULL ||
-	    server->drain_check == NULL || server->adopt == NULL ||
-	    event_add(server->log_flush, &flush_every) < 0)
+	if (server->listeners == NULL || server->upstream == NULL || server->log_flush == NULL ||
+	    server->drain_check == NULL || event_add(server->log_flush, &flush_every) < 0)
 		goto fail;
-	evhttp_set_gencb(server->http, on_request, server);
-	evhttp_set_bevcb(server->http, on_new_bufferevent, server);
-	evhttp_set_allowed_methods(server->http,
-				   EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
-					   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-					   EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-					   EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-	evhttp_set_max_headers_size(server->http, SERVER_EVHTTP_MAX_HEADERS);
-	evhttp_set_max_body_size(server->http, SERVER_MAX_BODY);
 	server->cache = cache_new(base, server->upstream, conf);
 	if (server->cache == NULL)
 		goto fail;
@@ -1080,9 +864,7 @@ int server_reload(struct server *server, struct conf *new_conf)
 
 void server_drain(struct server *server, void (*drained)(void *arg), void *arg)
 {
-	listeners_close(server, server->listeners, server->listener_count);
-	server->listeners = NULL;
-	server->listener_count = 0;
+	listeners_close(server->listeners);
 	server->draining = 1;
 	server->drained = drained;
 	server->drained_arg = arg;
@@ -1093,18 +875,8 @@ void server_free(struct server *server)
 {
 	if (server == NULL)
 		return;
-	if (server->listeners != NULL)
-		listeners_close(server, server->listeners, server->listener_count);
-	/* Closes every connection; their exchanges are torn down by the close callback. */
-	if (server->http != NULL)
-		evhttp_free(server->http);
-	on_adopt(-1, 0, server); /* releases bufferevents accepted in this very turn */
-	free(server->adopting);
-	if (server->adopt != NULL)
-		event_free(server->adopt);
-	if (server->connections != NULL)
-		log_error("%s: %u connections were never closed by evhttp", __func__,
-			  HASH_COUNT(server->connections));
+	/* Closes every connection; their exchanges end in on_connection_closed. */
+	listeners_free(server->listeners);
 	cache_free(server->cache);
 	upstream_free(server->upstream);
 	if (server->log_flush != NULL)

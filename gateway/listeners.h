@@ -1,0 +1,54 @@
+/*
+ * listeners.h -- where clients connect: an evhttp for plain HTTP and one for
+ * TLS, a bound socket per listen line (kept across reloads when the line did not
+ * change), accepting paused at max_connections and on EMFILE, a deadline for a
+ * connection to send its request (slowloris), and every connection reported when
+ * it opens and when it closes. Answering requests is the server's.
+ */
+#ifndef GATEWAY_LISTENERS_H
+#define GATEWAY_LISTENERS_H
+
+#include <stddef.h>
+
+struct event_base;
+struct evhttp_request;
+struct evhttp_connection;
+struct conf;
+struct listeners;
+
+struct listeners_callbacks {
+	/* A complete request on an open connection. */
+	void (*request)(struct evhttp_request *req, void *arg);
+	/* A connection was accepted; returns its context (NULL is allowed). */
+	void *(*opened)(struct evhttp_connection *evcon, void *arg);
+	/* evhttp is freeing the connection; context is opened's. */
+	void (*closed)(struct evhttp_connection *evcon, void *context, void *arg);
+};
+
+/* Nothing bound yet: listeners_apply does that. NULL (logged) on failure. */
+struct listeners *listeners_new(struct event_base *base,
+				const struct listeners_callbacks *callbacks, void *arg);
+
+/* Closes every socket and connection (closed fires for each) and frees. */
+void listeners_free(struct listeners *listeners);
+
+/*
+ * Makes the listen lines, TLS certificate and limits of conf the ones in force.
+ * Unchanged lines keep their sockets; new ones are bound (and the TLS files read)
+ * before anything changes, so on failure (logged, -1) the old set stays.
+ */
+int listeners_apply(struct listeners *listeners, const struct conf *conf);
+
+/* Stops accepting for good (shutdown); open connections stay. */
+void listeners_close(struct listeners *listeners);
+
+/* The context of an open connection, as opened returned it; NULL if unknown. */
+void *listeners_context(struct listeners *listeners, struct evhttp_connection *evcon);
+
+/* A request on evcon was answered and it stays open: its request deadline restarts. */
+void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon);
+
+/* Connections open now. */
+size_t listeners_open_count(const struct listeners *listeners);
+
+#endif
