@@ -7,16 +7,31 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 
 #include "conf.h"
 
+struct bucket {
+	double tokens;
+	double last; /* seconds, monotonic */
+};
+
 struct auth {
 	const struct conf *conf;
 	unsigned char (*token_digests)[SHA256_DIGEST_LENGTH]; /* one per client */
+	struct bucket *buckets;				      /* one per client */
 };
+
+static double now_seconds(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
 
 struct auth *auth_new(const struct conf *conf)
 {
@@ -28,7 +43,10 @@ struct auth *auth_new(const struct conf *conf)
 	if (conf->client_count == 0)
 		return auth;
 	auth->token_digests = calloc(conf->client_count, sizeof(*auth->token_digests));
-	if (auth->token_digests == NULL) {
+	auth->buckets = calloc(conf->client_count, sizeof(*auth->buckets));
+	if (auth->token_digests == NULL || auth->buckets == NULL) {
+		free(auth->token_digests);
+		free(auth->buckets);
 		free(auth);
 		return NULL;
 	}
@@ -36,6 +54,8 @@ struct auth *auth_new(const struct conf *conf)
 		const char *token = conf->clients[i].token;
 
 		SHA256((const unsigned char *)token, strlen(token), auth->token_digests[i]);
+		auth->buckets[i].tokens = 2 * conf->clients[i].rate_per_second;
+		auth->buckets[i].last = now_seconds();
 	}
 	return auth;
 }
@@ -49,7 +69,30 @@ void auth_free(struct auth *auth)
 				auth->conf->client_count * sizeof(*auth->token_digests));
 		free(auth->token_digests);
 	}
+	free(auth->buckets);
 	free(auth);
+}
+
+int auth_rate_take(struct auth *auth, int client)
+{
+	double rate, burst, now, wait;
+	struct bucket *bucket;
+
+	if (client < 0 || (rate = auth->conf->clients[client].rate_per_second) <= 0)
+		return 0;
+	bucket = &auth->buckets[client];
+	burst = 2 * rate;
+	now = now_seconds();
+	bucket->tokens += (now - bucket->last) * rate;
+	if (bucket->tokens > burst)
+		bucket->tokens = burst;
+	bucket->last = now;
+	if (bucket->tokens >= 1) {
+		bucket->tokens -= 1;
+		return 0;
+	}
+	wait = (1 - bucket->tokens) / rate;
+	return wait < 1 ? 1 : (int)(wait + 0.999);
 }
 
 int auth_address_allowed(const struct auth *auth, const struct sockaddr *addr)

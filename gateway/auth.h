@@ -29,6 +29,14 @@ int auth_tokens_required(const struct auth *auth);
 int auth_client(const struct auth *auth, const char *authorization);
 
 /*
+ * Takes one request from client's token bucket (rate per second, burst twice
+ * that; full when the config was applied). Returns 0 when allowed, else the
+ * whole seconds until a token is back (for Retry-After, at least 1). Always 0
+ * for a client without a rate, or client < 0.
+ */
+int auth_rate_take(struct auth *auth, int client);
+
+/*
  * The credential to use: client is an index from auth_client, or -1 without
  * [client] sections; user_id NULL means the default (the client's first grant,
  * else the first credential). Returns an index in conf->credentials, or -1 when

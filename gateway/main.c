@@ -4,11 +4,13 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -72,6 +74,29 @@ static struct conf *load(const char *path)
 	}
 	free(errors);
 	return conf;
+}
+
+/*
+ * Every client connection is a file descriptor: take the hard limit, and say so
+ * when even that is below what max_connections asks for (accepting then pauses
+ * on EMFILE instead of at max_connections).
+ */
+static void raise_fd_limit(const struct conf *conf)
+{
+	struct rlimit limit;
+	rlim_t wanted = (rlim_t)conf->max_connections + 2 * (rlim_t)conf->max_downloads + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &limit) != 0)
+		return;
+	if (limit.rlim_cur < limit.rlim_max) {
+		limit.rlim_cur = limit.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &limit) != 0)
+			log_warn("cannot raise RLIMIT_NOFILE: %s", strerror(errno));
+	}
+	if (limit.rlim_max < wanted)
+		log_warn("RLIMIT_NOFILE is %llu, below the %llu that max_connections and "
+			 "max_downloads need",
+			 (unsigned long long)limit.rlim_max, (unsigned long long)wanted);
 }
 
 static void on_drained(void *arg)
@@ -166,6 +191,7 @@ static int run(struct gateway *gateway, struct conf *conf)
 		if (signals[i] == NULL || event_add(signals[i], NULL) < 0)
 			goto done;
 	}
+	raise_fd_limit(conf);
 	gateway->server = server_new(gateway->base, conf);
 	if (gateway->server == NULL) {
 		conf_free(conf);

@@ -537,6 +537,46 @@ static int check_sizes(struct exchange *ex)
 	return 0;
 }
 
+/* 400 and a closed connection: the bytes after this request cannot be trusted. */
+static void reply_bad_framing(struct exchange *ex, const char *message)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Connection", "close");
+	reply_error(ex, 400, "bad_request", message);
+}
+
+/*
+ * Requests carry no body here, so any framing of one (Transfer-Encoding, a
+ * non-zero Content-Length, both, or several) is refused outright: nothing a
+ * request-smuggling trick could hide survives. Absolute-form targets too: this
+ * is not a proxy.
+ */
+static int check_framing(struct exchange *ex)
+{
+	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
+	const char *uri = evhttp_request_get_uri(ex->req);
+	const char *length = evhttp_find_header(headers, "Content-Length");
+	struct evkeyval *header;
+	int lengths = 0;
+
+	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next) {
+		if (strcasecmp(header->key, "Content-Length") == 0)
+			lengths++;
+		if (strcasecmp(header->key, "Transfer-Encoding") == 0) {
+			reply_bad_framing(ex, "Transfer-Encoding is not accepted: requests have no body");
+			return -1;
+		}
+	}
+	if (lengths > 1 || (length != NULL && strcmp(length, "0") != 0)) {
+		reply_bad_framing(ex, "a request body is not allowed");
+		return -1;
+	}
+	if (uri == NULL || uri[0] != '/') {
+		reply_bad_framing(ex, "the request target must be a path (origin-form)");
+		return -1;
+	}
+	return 0;
+}
+
 /* 405 unless GET or HEAD. */
 static int reject_method(struct exchange *ex)
 {
@@ -571,6 +611,20 @@ static int authenticate(struct exchange *ex, int *client)
 	return 0;
 }
 
+/* 429 with Retry-After when the client is over its rate. */
+static int rate_limit(struct exchange *ex, int client)
+{
+	int retry_after = auth_rate_take(ex->server->auth, client);
+	char text[16];
+
+	if (retry_after == 0)
+		return 0;
+	snprintf(text, sizeof(text), "%d", retry_after);
+	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
+	reply_error(ex, 429, "rate_limited", "this client is over its rate; retry later");
+	return -1;
+}
+
 static void handle_export_status(struct exchange *ex)
 {
 	struct server *server = ex->server;
@@ -583,12 +637,8 @@ static void handle_export_status(struct exchange *ex)
 
 	if (reject_method(ex) < 0)
 		return;
-	if (authenticate(ex, &client) < 0)
+	if (authenticate(ex, &client) < 0 || rate_limit(ex, client) < 0)
 		return;
-	if (evbuffer_get_length(evhttp_request_get_input_buffer(ex->req)) > 0) {
-		reply_error(ex, 400, "bad_request", "a request body is not allowed");
-		return;
-	}
 	if (query_parse(evhttp_uri_get_query(uri), &q, &message) < 0) {
 		reply_error(ex, 400, "bad_request", message);
 		return;
@@ -664,7 +714,7 @@ static void handle_request(struct exchange *ex)
 		reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
 		return;
 	}
-	if (check_sizes(ex) < 0)
+	if (check_sizes(ex) < 0 || check_framing(ex) < 0)
 		return;
 	switch (ex->route) {
 	case METRICS_ROUTE_EXPORT_STATUS:
@@ -785,15 +835,6 @@ static int access_log_open(const struct conf *conf, FILE **out, int *owned)
 	return 0;
 }
 
-static void warn_unenforced(const struct conf *conf)
-{
-	for (size_t i = 0; i < conf->client_count; i++) {
-		if (conf->clients[i].rate_per_second > 0)
-			log_warn("client %s: rate is accepted but not enforced yet",
-				 conf->clients[i].name);
-	}
-}
-
 /* Takes conf's auth, listeners and access log; on failure nothing changed. */
 static int server_apply(struct server *server, struct conf *conf)
 {
@@ -814,7 +855,6 @@ static int server_apply(struct server *server, struct conf *conf)
 		cache_set_conf(server->cache, conf);
 	conf_free(server->conf);
 	server->conf = conf;
-	warn_unenforced(conf);
 	return 0;
 fail:
 	if (owned)
