@@ -537,6 +537,21 @@ static int check_sizes(struct exchange *ex)
 	return 0;
 }
 
+/* RFC 9110 token: what a header name may be ("Name : v" and "Na me" are not). */
+static int is_token(const char *text)
+{
+	static const char extra[] = "!#$%&'*+-.^_`|~";
+
+	if (*text == '\0')
+		return 0;
+	for (; *text != '\0'; text++) {
+		if (!((*text >= '0' && *text <= '9') || (*text >= 'a' && *text <= 'z') ||
+		      (*text >= 'A' && *text <= 'Z') || strchr(extra, *text) != NULL))
+			return 0;
+	}
+	return 1;
+}
+
 /* 400 and a closed connection: the bytes after this request cannot be trusted. */
 static void reply_bad_framing(struct exchange *ex, const char *message)
 {
@@ -559,6 +574,10 @@ static int check_framing(struct exchange *ex)
 	int lengths = 0;
 
 	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next) {
+		if (!is_token(header->key)) {
+			reply_bad_framing(ex, "a header name is not a token (RFC 9110)");
+			return -1;
+		}
 		if (strcasecmp(header->key, "Content-Length") == 0)
 			lengths++;
 		if (strcasecmp(header->key, "Transfer-Encoding") == 0) {
