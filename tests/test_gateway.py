@@ -145,7 +145,7 @@ class TestRelay(GatewayCase):
 
 
 class TestUpstreamAnswers(GatewayCase):
-    overrides = {"upstream_timeout": "1500ms"}
+    overrides = {"upstream_timeout": "3s"}
 
     def test_error_statuses_passed_through(self):
         for code in (400, 403, 404, 500, 503):
@@ -175,8 +175,8 @@ class TestUpstreamAnswers(GatewayCase):
     def test_timeout_is_504(self):
         started = time.monotonic()
         self.assert_gateway_error(504, "upstream_timeout",
-                                  self.gw.request("GET", q("t;states=REQUESTED;delay=6000")))
-        self.assertLess(time.monotonic() - started, 4.5)
+                                  self.gw.request("GET", q("t;states=REQUESTED;delay=10000")))
+        self.assertLess(time.monotonic() - started, 3 + 2 * gwtest.SLACK)
 
     def test_closed_before_headers_is_502(self):
         self.assert_gateway_error(502, "upstream_error", self.gw.request("GET", q("c;close=1")))
