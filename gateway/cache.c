@@ -121,10 +121,15 @@ static char *make_key(const char *user_id, const char *export_id)
 
 const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap)
 {
-	cJSON *json = cJSON_ParseWithLength(body, length);
-	const cJSON *field = cJSON_GetObjectItemCaseSensitive(json, "state");
+	const cJSON *field;
 	const char *found = NULL;
+	cJSON *json;
 
+	/* cJSON ends strings at an escaped NUL: "COMPLETED\u0000x" would read as final. */
+	if (memmem(body, length, "\\u0000", 6) != NULL)
+		return NULL;
+	json = cJSON_ParseWithLength(body, length);
+	field = cJSON_GetObjectItemCaseSensitive(json, "state");
 	if (cJSON_IsObject(json) && cJSON_IsString(field) && cap > 0) {
 		snprintf(state, cap, "%s", field->valuestring);
 		found = state;

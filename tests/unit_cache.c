@@ -90,6 +90,8 @@ static void test_parse_state(void **state)
 	assert_null(cache_parse_state("[\"state\"]", 9, text, sizeof(text)));
 	assert_null(cache_parse_state("{\"state\":\"IN_PROG", 17, text, sizeof(text)));
 	assert_null(cache_parse_state("", 0, text, sizeof(text)));
+	/* an escaped NUL would cut "COMPLETED\u0000x" to a final state: refused */
+	assert_null(cache_parse_state("{\"state\":\"COMPLETED\\u0000x\"}", 27, text, sizeof(text)));
 	/* length bounds the parse: no reading past it */
 	assert_null(cache_parse_state(in_progress, 10, text, sizeof(text)));
 }
