@@ -16,16 +16,9 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-/* An allocation failure inside uthash drops the insert instead of exiting. */
-static int hash_add_failed;
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(element) \
-	do {                          \
-		hash_add_failed = 1;  \
-	} while (0)
-#include <uthash.h>
 
 #include "conf.h"
+#include "hash.h"
 #include "log.h"
 #include "query.h"
 #include "upstream.h"

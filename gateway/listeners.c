@@ -22,18 +22,11 @@
 #include <openssl/ssl.h>
 
 #include "conf.h"
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
 
-/* An allocation failure inside uthash drops the insert instead of exiting. */
-static int hash_add_failed;
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(element) \
-	do {                          \
-		hash_add_failed = 1;  \
-	} while (0)
-#include <uthash.h>
 
 /* evhttp's own hard cap on request line and headers, above the server's 8/16 KiB. */
 #define LISTENERS_EVHTTP_MAX_HEADERS (64 * 1024)

@@ -132,3 +132,13 @@ def metrics(gw):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples, body.decode()
+
+
+def gateway_with_own_fake(name, **overrides):
+    """A gateway in front of a fake of its own, which a test may stop or freeze."""
+    tmp = state["tmp"].path
+    fake = gwtest.Fake(state["ca"], tmp, [("personal", PERSONAL_KEY, PERSONAL_USER)],
+                       name="fake-" + name)
+    port = free_port()
+    text = ini(base_settings(port, upstream=fake.url, **overrides), credentials())
+    return fake, Gateway(tmp, text, name=name, env=ENV, port=port)

@@ -274,13 +274,8 @@ class TestEviction(CacheCase):
 
 class TestStaleIfError(unittest.TestCase):
     def test_stale_answer_on_timeout_and_when_down_then_502_after_the_window(self):
-        tmp = state["tmp"].path
-        fake = gwtest.Fake(state["ca"], tmp, [("personal", PERSONAL_KEY, PERSONAL_USER)],
-                           name="fake-stale")
-        port = free_port()
-        settings = base_settings(port, upstream=fake.url, cache_pending_ttl="1s",
-                                 cache_stale_if_error="3s", upstream_timeout="700ms")
-        gw = Gateway(tmp, ini(settings, credentials()), name="stale", env=ENV, port=port)
+        fake, gw = gateway_with_own_fake("stale", cache_pending_ttl="1s",
+                                         cache_stale_if_error="3s", upstream_timeout="700ms")
         try:
             export_id = fresh("states=IN_PROGRESS")
             status, headers, body = gw.request("GET", q(export_id))

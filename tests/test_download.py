@@ -352,13 +352,9 @@ class TestLimits(DownloadCase):
 
 class TestUpstreamStall(unittest.TestCase):
     def test_idle_upstream_mid_body_closes_the_client_short(self):
-        tmp = state["tmp"].path
-        fake = gwtest.Fake(state["ca"], tmp, [("personal", PERSONAL_KEY, PERSONAL_USER)],
-                           name="fake-stall")
-        port = free_port()
-        settings = base_settings(port, upstream=fake.url, upstream_idle_timeout="1s",
-                                 client_timeout="30s")
-        gw = Gateway(tmp, ini(settings, credentials()), name="stall", env=ENV, port=port)
+        fake, gw = gateway_with_own_fake("stall", upstream_idle_timeout="1s",
+                                         client_timeout="30s")
+        port = gw.port
         try:
             sock, resp = raw_get(port, q(fresh("csv=64m;throttle=2000000"), download="true"))
             sock.recv(65536)
