@@ -32,6 +32,7 @@
 #define LISTENERS_EVHTTP_MAX_HEADERS (64 * 1024)
 #define LISTENERS_MAX_BODY 1024
 #define LISTENERS_ACCEPT_RETRY_MS 100
+#define LISTENERS_MAX_SINGLE_WRITE (256 * 1024)
 
 struct listener {
 	char *text; /* conf_listen.text, the identity kept across reloads */
@@ -191,14 +192,19 @@ fail:
 	return NULL;
 }
 
-/* Streamed chunks and small answers go out now, not after the peer's ACK. */
-static void set_no_delay(struct bufferevent *bev)
+/*
+ * Small answers go out now, not after the peer's ACK (TCP_NODELAY); a download's
+ * queue goes out in large writes, not libevent's default 16 KiB at a time.
+ */
+static void tune_socket(struct bufferevent *bev)
 {
 	evutil_socket_t fd = bufferevent_getfd(bev);
 	int on = 1;
 
 	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
 		log_debug("TCP_NODELAY: %s", strerror(errno));
+	if (bufferevent_set_max_single_write(bev, LISTENERS_MAX_SINGLE_WRITE) < 0)
+		log_debug("cannot raise the single write size");
 }
 
 static void on_adopt(evutil_socket_t fd, short what, void *arg)
@@ -220,7 +226,7 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
 			connection_gone(listeners);
 			evhttp_connection_free(evcon);
 		} else {
-			set_no_delay(adoption->bev);
+			tune_socket(adoption->bev);
 		}
 		bufferevent_decref(adoption->bev);
 	}

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,8 @@
 #include "server.h"
 
 #define CONF_ERRORS_MAX 8192
+#define GATEWAY_TRIM_THRESHOLD (16 * 1024 * 1024)
+#define GATEWAY_MMAP_THRESHOLD (1024 * 1024)
 
 struct gateway {
 	struct event_base *base;
@@ -259,6 +262,14 @@ int main(int argc, char **argv)
 		printf("config ok\n");
 		return 0;
 	}
+	/*
+	 * Downloads allocate and free buffers of tens of KiB all the time; without
+	 * slack at the top of the heap glibc gives pages back and faults them in
+	 * again for each one.
+	 */
+	if (mallopt(M_TRIM_THRESHOLD, GATEWAY_TRIM_THRESHOLD) != 1 ||
+	    mallopt(M_MMAP_THRESHOLD, GATEWAY_MMAP_THRESHOLD) != 1)
+		log_warn("mallopt failed: downloads may be slower");
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR || curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
 		log_error("cannot initialise the process");
 		conf_free(conf);

@@ -13,6 +13,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
@@ -22,6 +23,8 @@
 #include "metrics.h"
 #include "query.h"
 #include "upstream.h"
+
+static void on_drained(struct evhttp_connection *evcon, void *arg);
 
 /* Response headers a download passes through, as design.md lists them. */
 static const char *const passed_headers[] = {
@@ -33,7 +36,8 @@ struct relay {
 	struct evhttp_request *req;
 	struct upstream_call *call;
 	struct cache *cache;
-	struct evbuffer *chunk;
+	struct evbuffer *chunk; /* gathered for the client, not yet handed to evhttp */
+	struct event *flush;
 	const struct relay_events *events;
 	void *arg;
 	char *user_id;
@@ -51,6 +55,8 @@ void relay_free(struct relay *relay)
 	if (relay == NULL)
 		return;
 	upstream_cancel(relay->call);
+	if (relay->flush != NULL)
+		event_free(relay->flush);
 	if (relay->chunk != NULL)
 		evbuffer_free(relay->chunk);
 	free(relay->content_range);
@@ -91,6 +97,20 @@ static enum upstream_mode on_headers(long status, const struct evkeyvalq *header
 	return relay->head ? UPSTREAM_ABORT : UPSTREAM_STREAM;
 }
 
+/* Hands what was gathered to evhttp as one chunk. */
+static void flush(struct relay *relay)
+{
+	if (evbuffer_get_length(relay->chunk) > 0)
+		evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	flush(arg);
+}
+
 static void on_drained(struct evhttp_connection *evcon, void *arg)
 {
 	struct relay *relay = arg;
@@ -110,13 +130,24 @@ static int on_data(const char *bytes, size_t length, void *arg)
 
 	if (bev == NULL)
 		return -1;
-	if (evbuffer_get_length(bufferevent_get_output(bev)) >= RELAY_HIGH_WATERMARK)
+	if (evbuffer_get_length(bufferevent_get_output(bev)) + evbuffer_get_length(relay->chunk) >=
+	    RELAY_HIGH_WATERMARK)
 		return 1;
+	/*
+	 * libcurl hands over one TLS record (16 KiB at most) at a time; gathered into
+	 * one RELAY_CHUNK-sized piece and handed on once per loop turn (or when full),
+	 * they cost one allocation and one chunk instead of several.
+	 */
+	if (evbuffer_get_length(relay->chunk) == 0 && evbuffer_expand(relay->chunk, RELAY_CHUNK) < 0)
+		return -1;
 	if (evbuffer_add(relay->chunk, bytes, length) < 0)
 		return -1;
-	evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
 	relay->bytes += length;
 	metrics_download_bytes(length);
+	if (evbuffer_get_length(relay->chunk) >= RELAY_CHUNK)
+		flush(relay);
+	else
+		event_active(relay->flush, EV_TIMEOUT, 0);
 	return 0;
 }
 
@@ -136,6 +167,8 @@ static void on_done(const struct upstream_result *result, void *arg)
 
 	relay->call = NULL;
 	relay->ended = 1;
+	if (relay->streaming)
+		flush(relay); /* what arrived is good, even if the rest will not come */
 	if (!relay->streaming) {
 		cache_settle(relay->cache, relay->user_id, relay->export_id, relay->credential,
 			     result, on_answer, relay);
@@ -174,7 +207,9 @@ struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 	relay->user_id = strdup(credential->user_id);
 	snprintf(relay->export_id, sizeof(relay->export_id), "%s", q->data_export_id);
 	snprintf(relay->credential, sizeof(relay->credential), "%s", credential->name);
-	if (relay->chunk == NULL || relay->user_id == NULL)
+	relay->flush = event_new(evhttp_connection_get_base(evhttp_request_get_connection(req)), -1,
+				 0, on_flush, relay);
+	if (relay->chunk == NULL || relay->user_id == NULL || relay->flush == NULL)
 		goto fail;
 	relay->call = upstream_start_download(upstream, conf, credential, q, range, if_range,
 					      &handlers, relay);

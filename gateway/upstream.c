@@ -26,7 +26,6 @@
 #define UPSTREAM_USER_AGENT "gumloop-gateway/" PACKAGE_VERSION
 #define UPSTREAM_MAX_CONNECT_MS 10000L
 #define UPSTREAM_MAX_HEADER_BYTES (64 * 1024)
-#define UPSTREAM_DOWNLOAD_BUFFER (64 * 1024L)
 
 struct upstream {
 	struct event_base *base;
@@ -486,7 +485,6 @@ static int configure_download(struct upstream_call *call, const struct conf *con
 	    (if_range != NULL && add_header(call, "If-Range", if_range) < 0))
 		goto fail;
 	SETOPT(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	SETOPT(easy, CURLOPT_BUFFERSIZE, UPSTREAM_DOWNLOAD_BUFFER);
 	SETOPT(easy, CURLOPT_HEADERFUNCTION, header_cb);
 	SETOPT(easy, CURLOPT_HEADERDATA, call);
 	return 0;
