@@ -23,7 +23,7 @@
 #include "server.h"
 
 #define CONF_ERRORS_MAX 8192
-#define GATEWAY_TRIM_THRESHOLD (16 * 1024 * 1024)
+#define GATEWAY_TRIM_THRESHOLD (2 * 1024 * 1024)
 #define GATEWAY_MMAP_THRESHOLD (1024 * 1024)
 
 struct gateway {

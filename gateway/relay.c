@@ -36,7 +36,9 @@ struct relay {
 	struct evhttp_request *req;
 	struct upstream_call *call;
 	struct cache *cache;
-	struct evbuffer *chunk; /* gathered for the client, not yet handed to evhttp */
+	struct evbuffer *chunk; /* handed to evhttp as one chunk, then empty again */
+	char *gathered;		/* RELAY_CHUNK bytes: body not yet in chunk */
+	size_t gathered_length;
 	struct event *flush;
 	const struct relay_events *events;
 	void *arg;
@@ -59,6 +61,7 @@ void relay_free(struct relay *relay)
 		event_free(relay->flush);
 	if (relay->chunk != NULL)
 		evbuffer_free(relay->chunk);
+	free(relay->gathered);
 	free(relay->content_range);
 	free(relay->user_id);
 	free(relay);
@@ -97,11 +100,37 @@ static enum upstream_mode on_headers(long status, const struct evkeyvalq *header
 	return relay->head ? UPSTREAM_ABORT : UPSTREAM_STREAM;
 }
 
-/* Hands what was gathered to evhttp as one chunk. */
+static void free_gathered(const void *data, size_t length, void *extra)
+{
+	(void)length;
+	(void)extra;
+	free((void *)data);
+}
+
+/*
+ * Hands what was gathered to evhttp as one chunk. The buffer itself goes into
+ * the queue (shrunk to its content): no copy, and no evbuffer chain rounded up
+ * to a power of two around a few KiB, which would double what a slow client's
+ * queue costs.
+ */
 static void flush(struct relay *relay)
 {
-	if (evbuffer_get_length(relay->chunk) > 0)
-		evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
+	char *data = relay->gathered;
+	size_t length = relay->gathered_length;
+	char *shrunk;
+
+	if (length == 0)
+		return;
+	relay->gathered = NULL;
+	relay->gathered_length = 0;
+	if (length < RELAY_CHUNK && (shrunk = realloc(data, length)) != NULL)
+		data = shrunk;
+	if (evbuffer_add_reference(relay->chunk, data, length, free_gathered, NULL) < 0) {
+		free(data);
+		log_error("%s: out of memory; the download is cut short", __func__);
+		return;
+	}
+	evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -130,23 +159,32 @@ static int on_data(const char *bytes, size_t length, void *arg)
 
 	if (bev == NULL)
 		return -1;
-	if (evbuffer_get_length(bufferevent_get_output(bev)) + evbuffer_get_length(relay->chunk) >=
+	/* this piece included, so the queue never goes past the watermark */
+	if (evbuffer_get_length(bufferevent_get_output(bev)) + relay->gathered_length + length >
 	    RELAY_HIGH_WATERMARK)
 		return 1;
 	/*
 	 * libcurl hands over one TLS record (16 KiB at most) at a time; gathered into
-	 * one RELAY_CHUNK-sized piece and handed on once per loop turn (or when full),
-	 * they cost one allocation and one chunk instead of several.
+	 * one RELAY_CHUNK piece and handed on once per loop turn (or when full), they
+	 * cost one allocation and one chunk instead of several.
 	 */
-	if (evbuffer_get_length(relay->chunk) == 0 && evbuffer_expand(relay->chunk, RELAY_CHUNK) < 0)
-		return -1;
-	if (evbuffer_add(relay->chunk, bytes, length) < 0)
-		return -1;
-	relay->bytes += length;
-	metrics_download_bytes(length);
-	if (evbuffer_get_length(relay->chunk) >= RELAY_CHUNK)
-		flush(relay);
-	else
+	while (length > 0) {
+		size_t room, taken;
+
+		if (relay->gathered == NULL && (relay->gathered = malloc(RELAY_CHUNK)) == NULL)
+			return -1;
+		room = RELAY_CHUNK - relay->gathered_length;
+		taken = length < room ? length : room;
+		memcpy(relay->gathered + relay->gathered_length, bytes, taken);
+		relay->gathered_length += taken;
+		relay->bytes += taken;
+		metrics_download_bytes(taken);
+		bytes += taken;
+		length -= taken;
+		if (relay->gathered_length == RELAY_CHUNK)
+			flush(relay);
+	}
+	if (relay->gathered_length > 0)
 		event_active(relay->flush, EV_TIMEOUT, 0);
 	return 0;
 }

@@ -20,11 +20,8 @@ struct query;
 
 /* Queued for the client above this, the upstream transfer pauses. */
 #define RELAY_HIGH_WATERMARK (256 * 1024)
-/*
- * Body bytes gathered into one piece before evhttp gets them. Not 64 KiB: with
- * its header, libevent would round the allocation up to 128 KiB.
- */
-#define RELAY_CHUNK (60 * 1024)
+/* Body bytes gathered into one piece before evhttp gets them. */
+#define RELAY_CHUNK (64 * 1024)
 
 enum relay_end {
 	RELAY_COMPLETE, /* upstream finished cleanly: send the end of the reply */
