@@ -84,7 +84,7 @@ struct exchange {
 	size_t bytes;
 	long upstream_status;
 	const char *cache_result; /* X-Cache value, NULL when none */
-	char peer[INET6_ADDRSTRLEN + 8];
+	struct sockaddr_storage peer; /* formatted only when the access log is on */
 	char method[8];
 	char path[96];
 	char export_id[QUERY_MAX_ID_BYTES + 1];
@@ -136,16 +136,40 @@ static void copy_printable(char *out, size_t cap, const char *in)
 	out[n] = '\0';
 }
 
+static void remember_peer(struct exchange *ex)
+{
+	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
+
+	if (peer != NULL && peer->sa_family == AF_INET)
+		memcpy(&ex->peer, peer, sizeof(struct sockaddr_in));
+	else if (peer != NULL && peer->sa_family == AF_INET6)
+		memcpy(&ex->peer, peer, sizeof(struct sockaddr_in6));
+}
+
+static void format_peer(const struct sockaddr_storage *peer, char *out, size_t cap)
+{
+	const void *address = NULL;
+
+	if (peer->ss_family == AF_INET)
+		address = &((const struct sockaddr_in *)(const void *)peer)->sin_addr;
+	else if (peer->ss_family == AF_INET6)
+		address = &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr;
+	if (address == NULL || inet_ntop(peer->ss_family, address, out, (socklen_t)cap) == NULL)
+		snprintf(out, cap, "?");
+}
+
 static void access_log_write(const struct exchange *ex, const char *outcome)
 {
 	FILE *out = ex->server->access_log;
+	char peer[INET6_ADDRSTRLEN];
 
 	if (out == NULL)
 		return;
+	format_peer(&ex->peer, peer, sizeof(peer));
 	fprintf(out,
 		"%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s upstream=%ld "
 		"export=%s%s%s\n",
-		ex->peer, ex->client[0] ? ex->client : "-",
+		peer, ex->client[0] ? ex->client : "-",
 		ex->credential[0] ? ex->credential : "-", ex->method, ex->path, ex->status,
 		ex->bytes, elapsed_ms(&ex->start), ex->cache_result ? ex->cache_result : "-",
 		ex->upstream_status,
@@ -756,20 +780,6 @@ static void handle_request(struct exchange *ex)
 		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
 }
 
-static void describe_peer(struct exchange *ex)
-{
-	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
-	char address[INET6_ADDRSTRLEN] = "?";
-
-	if (peer != NULL && peer->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)peer)->sin_addr,
-			  address, sizeof(address));
-	else if (peer != NULL && peer->sa_family == AF_INET6)
-		inet_ntop(AF_INET6,
-			  &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr,
-			  address, sizeof(address));
-	snprintf(ex->peer, sizeof(ex->peer), "%s", address);
-}
 
 static void on_request(struct evhttp_request *req, void *arg)
 {
@@ -794,7 +804,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->head = method == EVHTTP_REQ_HEAD;
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
-	describe_peer(ex);
+	remember_peer(ex);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
 	handle_request(ex);
 }
