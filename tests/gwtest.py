@@ -145,7 +145,7 @@ class Gateway:
     """The built daemon, started on a config file; stderr captured to a file."""
 
     def __init__(self, directory, config_text, name="gateway", env=None, wait=True,
-                 host="127.0.0.1", port=None):
+                 host="127.0.0.1", port=None, preexec_fn=None):
         self.dir = directory
         self.conf = os.path.join(directory, name + ".conf")
         self.log_path = os.path.join(directory, name + ".log")
@@ -156,7 +156,8 @@ class Gateway:
         environment = dict(os.environ)
         environment.update(env or {})
         self.proc = subprocess.Popen(GATEWAY_WRAPPER + [GATEWAY_BIN, "-c", self.conf],
-                                     stdout=self.log, stderr=self.log, env=environment)
+                                     stdout=self.log, stderr=self.log, env=environment,
+                                     preexec_fn=preexec_fn)
         if wait:
             wait_for(self.ready, what="the gateway to answer /healthz")
 

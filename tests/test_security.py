@@ -257,6 +257,40 @@ class TestConnectionLimits(unittest.TestCase):
                 s.close()
             self.assertEqual(gw.stop(), 0)
 
+    def test_emfile_pauses_accepting_and_serving_resumes(self):
+        if gwtest.GATEWAY_WRAPPER:
+            self.skipTest("valgrind needs descriptors of its own")
+
+        def few_descriptors():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+        port = free_port()
+        gw = Gateway(state["tmp"].path, ini(base_settings(port, client_timeout="30s"),
+                                            credentials()),
+                     name="emfile", env=ENV, port=port, preexec_fn=few_descriptors)
+        clients = []
+        try:
+            for _ in range(60):  # more than the gateway has descriptors for
+                clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            wait_for(lambda: "pausing accepts" in gw.logs(), timeout=5,
+                     what="accept to fail with EMFILE")
+            self.assertIn("below the", gw.logs())  # the start-up warning about the limit
+            for s in clients:
+                s.close()
+            clients = []
+            wait_for(lambda: self._healthy(gw), timeout=10, what="serving again")
+            self.assertIsNone(gw.proc.poll())
+        finally:
+            for s in clients:
+                s.close()
+            self.assertEqual(gw.stop(), 0)
+
+    @staticmethod
+    def _healthy(gw):
+        try:
+            return gw.request("GET", "/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     def test_slowloris_is_cut_at_client_timeout(self):
         gw = start_gateway("slowloris", client_timeout="1s")
         try:
