@@ -76,7 +76,6 @@ struct cache {
 	size_t entry_count;
 	struct flight *flights; /* uthash head */
 	struct flight *all_flights;
-	size_t flight_count;
 	struct event *reaper;
 };
 
@@ -465,7 +464,6 @@ static void flight_free(struct flight *flight)
 		cache->all_flights = flight->next;
 	if (flight->next != NULL)
 		flight->next->prev = flight->prev;
-	cache->flight_count--;
 	upstream_cancel(flight->call);
 	while (flight->waiters != NULL) {
 		struct cache_waiter *waiter = flight->waiters;
@@ -584,7 +582,6 @@ static struct flight *flight_start(struct cache *cache, const char *key,
 	if (cache->all_flights != NULL)
 		cache->all_flights->prev = flight;
 	cache->all_flights = flight;
-	cache->flight_count++;
 	return flight;
 }
 
@@ -682,9 +679,4 @@ void cache_free(struct cache *cache)
 size_t cache_entry_count(const struct cache *cache)
 {
 	return cache->entry_count;
-}
-
-size_t cache_flight_count(const struct cache *cache)
-{
-	return cache->flight_count;
 }

@@ -99,9 +99,8 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 int cache_store(struct cache *cache, const char *user_id, const char *export_id, int status,
 		const char *content_type, const char *body, size_t length);
 
-/* Entries held now, and calls in flight. */
+/* Entries held now. */
 size_t cache_entry_count(const struct cache *cache);
-size_t cache_flight_count(const struct cache *cache);
 
 /*
  * The state in an upstream JSON body: "COMPLETED", "FAILED", any other string

@@ -82,13 +82,12 @@ static struct evconnlistener *listener_socket(const struct listener *listener)
 	return listener->handle ? evhttp_bound_socket_get_listener(listener->handle) : NULL;
 }
 
-static void set_accepting(struct listeners *listeners, const struct listener *listener, int on)
+static void set_accepting(const struct listener *listener, int on)
 {
 	struct evconnlistener *socket = listener_socket(listener);
 
 	if (socket != NULL && (on ? evconnlistener_enable(socket) : evconnlistener_disable(socket)) < 0)
 		log_warn("listen %s: cannot %s accepting", listener->text, on ? "resume" : "pause");
-	(void)listeners;
 }
 
 /* Accepts while below max_connections and accept() works, else pauses. */
@@ -103,7 +102,7 @@ static void update_accepting(struct listeners *listeners)
 		log_warn("max_connections (%zu) reached: not accepting until one closes",
 			 listeners->max_connections);
 	for (size_t i = 0; i < listeners->set_count; i++)
-		set_accepting(listeners, &listeners->set[i], want);
+		set_accepting(&listeners->set[i], want);
 	listeners->accepting = want;
 }
 
@@ -370,7 +369,7 @@ static int listener_bind(struct listeners *listeners, const struct conf_listen *
 	}
 	evconnlistener_set_error_cb(listener_socket(out), on_accept_error);
 	if (!listeners->accepting)
-		set_accepting(listeners, out, 0);
+		set_accepting(out, 0);
 	log_info("listening on %s%s", listen->tls ? "https://" : "http://", listen->text);
 	return 0;
 }
@@ -481,11 +480,6 @@ void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon
 	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
 	if (tracked != NULL && evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
 		log_warn("%s: cannot arm the request deadline", __func__);
-}
-
-size_t listeners_open_count(const struct listeners *listeners)
-{
-	return listeners->open;
 }
 
 void listeners_free(struct listeners *listeners)

@@ -48,7 +48,4 @@ void *listeners_context(struct listeners *listeners, struct evhttp_connection *e
 /* A request on evcon was answered and it stays open: its request deadline restarts. */
 void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon);
 
-/* Connections open now. */
-size_t listeners_open_count(const struct listeners *listeners);
-
 #endif

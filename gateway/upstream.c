@@ -32,7 +32,6 @@ struct upstream {
 	CURLM *multi;
 	struct event *timer;
 	struct upstream_call *calls; /* every running call, for cancel-all */
-	size_t active;
 };
 
 struct upstream_call {
@@ -203,7 +202,6 @@ static void call_free(struct upstream_call *call)
 		upstream->calls = call->next;
 	if (call->next != NULL)
 		call->next->prev = call->prev;
-	upstream->active--;
 	free(call);
 }
 
@@ -224,11 +222,6 @@ void upstream_cancel(struct upstream_call *call)
 {
 	if (call != NULL)
 		call_free(call);
-}
-
-size_t upstream_active(const struct upstream *upstream)
-{
-	return upstream->active;
 }
 
 static enum upstream_outcome classify(CURLcode code, int too_large)
@@ -565,7 +558,6 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	if (upstream->calls != NULL)
 		upstream->calls->prev = call;
 	upstream->calls = call;
-	upstream->active++;
 	call->body = evbuffer_new();
 	call->easy = curl_easy_init();
 	if (call->body == NULL || call->easy == NULL ||

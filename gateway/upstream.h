@@ -99,7 +99,4 @@ void upstream_resume(struct upstream_call *call);
 /* Aborts a running call at once; its callback does not fire. */
 void upstream_cancel(struct upstream_call *call);
 
-/* Number of calls in flight. */
-size_t upstream_active(const struct upstream *upstream);
-
 #endif
