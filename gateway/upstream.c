@@ -17,6 +17,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <openssl/crypto.h>
+#include <openssl/ssl.h>
 
 #include "conf.h"
 #include "log.h"
@@ -46,6 +47,8 @@ struct upstream_call {
 	size_t header_bytes;
 	int paused;
 	struct event *idle_timer; /* downloads: no byte for upstream_idle_timeout */
+	struct event *tls_drain;  /* records read ahead are waiting: read on */
+	curl_socket_t socket;	  /* the one curl watches for this call, or BAD */
 	struct timeval idle_timeout;
 	upstream_done_cb done;
 	void *arg;
@@ -105,9 +108,11 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
 {
 	struct upstream *upstream = userp;
 	struct upstream_socket *socket = socketp;
+	struct upstream_call *call = NULL;
 	short kind = EV_PERSIST;
 
-	(void)easy;
+	if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &call) == CURLE_OK && call != NULL)
+		call->socket = what == CURL_POLL_REMOVE ? CURL_SOCKET_BAD : fd;
 	if (what == CURL_POLL_REMOVE) {
 		socket_forget(socket);
 		return 0;
@@ -196,6 +201,8 @@ static void call_free(struct upstream_call *call)
 	evhttp_clear_headers(&call->response_headers);
 	if (call->idle_timer != NULL)
 		event_free(call->idle_timer);
+	if (call->tls_drain != NULL)
+		event_free(call->tls_drain);
 	if (call->prev != NULL)
 		call->prev->next = call->next;
 	else if (upstream->calls == call)
@@ -319,6 +326,82 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 	snprintf(call->error, sizeof(call->error),
 		 "no data from the upstream for upstream_idle_timeout");
 	call_finish(call, CURLE_OPERATION_TIMEDOUT);
+}
+
+/* The connection's SSL, or NULL. */
+static SSL *call_ssl(struct upstream_call *call)
+{
+	struct curl_tlssessioninfo *info = NULL;
+
+	if (curl_easy_getinfo(call->easy, CURLINFO_TLS_SSL_PTR, &info) != CURLE_OK ||
+	    info == NULL || info->backend != CURLSSLBACKEND_OPENSSL)
+		return NULL;
+	return info->internals;
+}
+
+/*
+ * With read-ahead, OpenSSL may hold whole records it read off the socket. epoll
+ * cannot see them, and libcurl's own "more to read?" test asks SSL_pending (the
+ * current record only) and then the socket. If that test says no while records
+ * wait, nothing would ever read them: the end of a body would sit there until
+ * upstream_idle_timeout. So after each round of reading (progress_cb), look,
+ * and if records wait, have libcurl read again from the loop.
+ */
+static void tls_check(struct upstream_call *call)
+{
+	SSL *ssl = call_ssl(call);
+
+	if (ssl != NULL && SSL_pending(ssl) == 0 && SSL_has_pending(ssl))
+		event_active(call->tls_drain, EV_READ, 0);
+}
+
+/*
+ * CURLOPT_XFERINFOFUNCTION: libcurl calls it after each round of reading (and
+ * about once a second otherwise), whatever the round read: body, headers, or only
+ * chunked framing. That is where records left in OpenSSL's buffer show.
+ */
+static int progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+		       curl_off_t ulnow)
+{
+	(void)dltotal;
+	(void)dlnow;
+	(void)ultotal;
+	(void)ulnow;
+	tls_check(arg);
+	return 0;
+}
+
+static void on_tls_drain(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream_call *call = arg;
+	SSL *ssl;
+
+	(void)fd;
+	(void)what;
+	/* paused: curl_easy_pause(CONT) makes libcurl read first thing anyway */
+	if (call->paused || call->socket == CURL_SOCKET_BAD || (ssl = call_ssl(call)) == NULL ||
+	    !SSL_has_pending(ssl))
+		return;
+	/* may finish and free the call */
+	socket_action(call->upstream, call->socket, CURL_CSELECT_IN);
+}
+
+/*
+ * CURLOPT_SSL_CTX_FUNCTION: read-ahead for every upstream connection. Without
+ * it OpenSSL makes two recv calls per TLS record (the 5-byte header, then the
+ * rest); with it, one recv fills its buffer (one record and the start of the
+ * next). A download of 1 GiB in 16 KiB records costs 65 k recv calls instead of
+ * 131 k (nginx sets read-ahead too). A bigger buffer
+ * (SSL_CTX_set_default_read_buffer_len) would save more calls but OpenSSL then
+ * moves the unread rest to the buffer's start before each record: measured, it
+ * costs more than it saves.
+ */
+static CURLcode ssl_ctx_cb(CURL *easy, void *ssl_ctx, void *arg)
+{
+	(void)easy;
+	(void)arg;
+	SSL_CTX_set_read_ahead(ssl_ctx, 1);
+	return CURLE_OK;
 }
 
 static size_t write_cb(char *data, size_t size, size_t count, void *userp)
@@ -524,6 +607,10 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	SETOPT(easy, CURLOPT_ERRORBUFFER, call->error);
 	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_cb);
 	SETOPT(easy, CURLOPT_WRITEDATA, call);
+	SETOPT(easy, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
+	SETOPT(easy, CURLOPT_NOPROGRESS, 0L);
+	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, progress_cb);
+	SETOPT(easy, CURLOPT_XFERINFODATA, call);
 	SETOPT(easy, CURLOPT_PRIVATE, call);
 	free(url);
 	return 0;
@@ -551,6 +638,7 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	if (handlers != NULL)
 		call->handlers = *handlers;
 	call->mode = UPSTREAM_BUFFER;
+	call->socket = CURL_SOCKET_BAD;
 	/* TAILQ_INIT, which event2's headers do not export */
 	call->response_headers.tqh_first = NULL;
 	call->response_headers.tqh_last = &call->response_headers.tqh_first;
@@ -560,7 +648,8 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	upstream->calls = call;
 	call->body = evbuffer_new();
 	call->easy = curl_easy_init();
-	if (call->body == NULL || call->easy == NULL ||
+	call->tls_drain = event_new(upstream->base, -1, 0, on_tls_drain, call);
+	if (call->body == NULL || call->easy == NULL || call->tls_drain == NULL ||
 	    call_configure(call, conf, credential, q) < 0 ||
 	    (handlers != NULL && configure_download(call, conf, range, if_range) < 0))
 		goto fail;
