@@ -33,6 +33,14 @@
 #define LISTENERS_MAX_BODY 1024
 #define LISTENERS_ACCEPT_RETRY_MS 100
 #define LISTENERS_MAX_SINGLE_WRITE (256 * 1024)
+/*
+ * Bytes from a client libevent buffers before it stops reading that connection.
+ * While evhttp writes an answer it keeps reading (to notice a close) with no one
+ * taking the bytes: without this cap a client that sends during a download fills
+ * the gateway's memory. A request's head (at most LISTENERS_EVHTTP_MAX_HEADERS)
+ * still fits, and evhttp drains it as it parses.
+ */
+#define LISTENERS_MAX_INPUT (LISTENERS_EVHTTP_MAX_HEADERS + 64 * 1024)
 
 struct listener {
 	char *text; /* conf_listen.text, the identity kept across reloads */
@@ -193,7 +201,8 @@ fail:
 
 /*
  * Small answers go out now, not after the peer's ACK (TCP_NODELAY); a download's
- * queue goes out in large writes, not libevent's default 16 KiB at a time.
+ * queue goes out in large writes, not libevent's default 16 KiB at a time; what
+ * a client sends is buffered up to LISTENERS_MAX_INPUT.
  */
 static void tune_socket(struct bufferevent *bev)
 {
@@ -204,6 +213,7 @@ static void tune_socket(struct bufferevent *bev)
 		log_debug("TCP_NODELAY: %s", strerror(errno));
 	if (bufferevent_set_max_single_write(bev, LISTENERS_MAX_SINGLE_WRITE) < 0)
 		log_debug("cannot raise the single write size");
+	bufferevent_setwatermark(bev, EV_READ, 0, LISTENERS_MAX_INPUT);
 }
 
 static void on_adopt(evutil_socket_t fd, short what, void *arg)

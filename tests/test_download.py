@@ -325,6 +325,40 @@ class TestBackpressure(DownloadCase):
         if not gwtest.GATEWAY_WRAPPER:  # valgrind's own memory grows as it translates code
             self.assertLess(peak - baseline, 8 * 1024, "RSS grew by %d KiB" % (peak - baseline))
 
+    def test_client_sending_during_a_download_is_not_buffered(self):
+        # While evhttp writes an answer it keeps reading the connection (to see a
+        # close) with nobody taking the bytes. The gateway stops reading past
+        # 128 KiB, so what a client can push is bounded by the kernel's buffers
+        # (a few MiB here; uncapped it was about 700 MiB in 3 s, all of it heap).
+        # The bytes are pipelined requests, answered after the download (junk
+        # would be answered with a 400 and a close that resets the connection).
+        pid = self.gw.proc.pid
+        size = 64 * MIB
+        sock = socket.create_connection(("127.0.0.1", self.gw.port))
+        sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" %
+                      q(fresh("csv=%d" % size), download="true")).encode())
+        sock.settimeout(10)
+        resp = RawResponse(sock)
+        self.assertEqual(resp.status, 200)
+        baseline = rss_kib(pid)
+        sock.setblocking(False)
+        junk = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2048
+        sent = 0
+        deadline = time.monotonic() + 1  # client_timeout (2 s) drops a client that stops reading
+        while time.monotonic() < deadline and sent < 512 * MIB:
+            try:
+                sent += sock.send(junk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        grown = rss_kib(pid) - baseline
+        sock.setblocking(True)
+        body, complete = resp.read_all()
+        sock.close()
+        self.assertLess(sent, 32 * MIB)
+        if not gwtest.GATEWAY_WRAPPER:
+            self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
+        self.assertEqual((complete, len(body)), (True, size))
+
     def test_long_download_not_cut_by_client_timeout_while_bytes_flow(self):
         export_id = fresh("csv=1m;throttle=200000")  # ~5 s, client_timeout is 2 s
         sock, resp = raw_get(self.gw.port, q(export_id, download="true"))
