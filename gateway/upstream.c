@@ -48,7 +48,8 @@ struct upstream_call {
 	int paused;
 	struct event *idle_timer; /* downloads: no byte for upstream_idle_timeout */
 	struct event *tls_drain;  /* records read ahead are waiting: read on */
-	curl_socket_t socket;	  /* the one curl watches for this call, or BAD */
+	curl_socket_t socket;	  /* from socket_cb, or BAD: CURLINFO_ACTIVESOCKET is -1
+				     until a transfer is done (curl 7.88) */
 	struct timeval idle_timeout;
 	upstream_done_cb done;
 	void *arg;
