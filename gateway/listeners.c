@@ -34,6 +34,13 @@
 #define LISTENERS_ACCEPT_RETRY_MS 100
 #define LISTENERS_MAX_SINGLE_WRITE (256 * 1024)
 /*
+ * Connections the kernel queues for accept (it caps this at somaxconn).
+ * evhttp_bind_socket listens with 128; a burst of clients, or the queue behind
+ * max_connections while accepting pauses, would get SYNs dropped and retried a
+ * second later. nginx asks for 511.
+ */
+#define LISTENERS_BACKLOG 4096
+/*
  * Bytes from a client libevent buffers before it stops reading that connection.
  * While evhttp writes an answer it keeps reading (to notice a close) with no one
  * taking the bytes: without this cap a client that sends during a download fills
@@ -361,6 +368,14 @@ static void set_close(struct listeners *listeners, struct listener *set, size_t 
 	free(set);
 }
 
+/* The socket listens already: a second listen() only changes its backlog. */
+static void set_backlog(evutil_socket_t fd, const char *text)
+{
+	if (listen(fd, LISTENERS_BACKLOG) != 0)
+		log_warn("listen %s: backlog %d: %s; libevent's 128 stays", text,
+			 LISTENERS_BACKLOG, strerror(errno));
+}
+
 static int listener_bind(struct listeners *listeners, const struct conf_listen *listen,
 			 struct listener *out)
 {
@@ -372,6 +387,7 @@ static int listener_bind(struct listeners *listeners, const struct conf_listen *
 		log_error("listen %s: cannot bind: %s", listen->text, strerror(errno));
 		return -1;
 	}
+	set_backlog(evhttp_bound_socket_get_fd(out->handle), listen->text);
 	out->text = strdup(listen->text);
 	if (out->text == NULL) {
 		listener_close(listeners, out);

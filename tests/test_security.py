@@ -3,10 +3,12 @@ can reach it: client tokens and grants, rates, allowlists, TLS on the listener,
 connection limits, slow and malformed requests, and secrets kept out of every
 log and answer. Run by `make check` (TAP)."""
 
+import errno
 import glob
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import ssl
@@ -254,6 +256,53 @@ class TestConnectionLimits(unittest.TestCase):
             self.assertIn("max_connections (5) reached", gw.logs())
         finally:
             for s in idle:
+                s.close()
+            self.assertEqual(gw.stop(), 0)
+
+    def test_a_burst_waits_in_the_listen_queue_behind_max_connections(self):
+        burst = 600
+        with open("/proc/sys/net/core/somaxconn") as f:
+            if int(f.read()) < burst:
+                self.skipTest("net.core.somaxconn below %d" % burst)
+        if raise_fd_limit() < burst + 100:
+            self.skipTest("RLIMIT_NOFILE hard limit below %d" % (burst + 100))
+        gw = start_gateway("backlog", max_connections="3", client_timeout="30s")
+        held = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(2)]
+        queued = []
+        try:
+            keep = gw.connection()  # the third: accepting pauses after it
+            keep.request("GET", "/healthz")
+            keep.getresponse().read()
+            wait_for(lambda: "max_connections (3) reached" in gw.logs(), what="the pause")
+            poller = select.poll()
+            for _ in range(burst):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                self.assertIn(s.connect_ex(("127.0.0.1", gw.port)), (0, errno.EINPROGRESS))
+                queued.append(s)
+                poller.register(s, select.POLLOUT)
+            # the kernel completes the handshake of every one it queues; with a
+            # backlog of 128 the rest get their SYN dropped and retried after 1 s
+            connected, deadline = set(), time.monotonic() + 0.8
+            while len(connected) < burst and time.monotonic() < deadline:
+                for fd, _ in poller.poll(100):
+                    poller.unregister(fd)
+                    connected.add(fd)
+            refused = [s for s in queued if s.fileno() in connected
+                       and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0]
+            self.assertEqual((len(connected), len(refused)), (burst, 0))
+            # the last one in the queue is served once slots free up
+            last = queued.pop()
+            last.setblocking(True)
+            last.settimeout(20)
+            last.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            for s in queued + held:
+                s.close()
+            queued, held = [last], []
+            keep.close()
+            self.assertTrue(last.recv(100).startswith(b"HTTP/1.1 200"))
+        finally:
+            for s in queued + held:
                 s.close()
             self.assertEqual(gw.stop(), 0)
 
