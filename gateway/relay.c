@@ -168,6 +168,8 @@ static int on_data(const char *bytes, size_t length, void *arg)
 	 * one RELAY_CHUNK piece and handed on once per loop turn (or when full), they
 	 * cost one allocation and one chunk instead of several.
 	 */
+	relay->bytes += length;
+	metrics_download_bytes(length);
 	while (length > 0) {
 		size_t room, taken;
 
@@ -177,8 +179,6 @@ static int on_data(const char *bytes, size_t length, void *arg)
 		taken = length < room ? length : room;
 		memcpy(relay->gathered + relay->gathered_length, bytes, taken);
 		relay->gathered_length += taken;
-		relay->bytes += taken;
-		metrics_download_bytes(taken);
 		bytes += taken;
 		length -= taken;
 		if (relay->gathered_length == RELAY_CHUNK)
@@ -205,12 +205,13 @@ static void on_done(const struct upstream_result *result, void *arg)
 
 	relay->call = NULL;
 	relay->ended = 1;
-	if (relay->streaming)
-		flush(relay); /* what arrived is good, even if the rest will not come */
 	if (!relay->streaming) {
 		cache_settle(relay->cache, relay->user_id, relay->export_id, relay->credential,
 			     result, on_answer, relay);
-	} else if (relay->head || result->outcome == UPSTREAM_OK) {
+		return;
+	}
+	flush(relay); /* what arrived is good, even if the rest will not come */
+	if (relay->head || result->outcome == UPSTREAM_OK) {
 		relay->events->ended(RELAY_COMPLETE, relay->bytes, relay->arg);
 	} else {
 		log_warn("download of %s failed after %llu bytes: %s; closing the client "

@@ -780,7 +780,6 @@ static void handle_request(struct exchange *ex)
 		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
 }
 
-
 static void on_request(struct evhttp_request *req, void *arg)
 {
 	struct server *server = arg;
