@@ -18,8 +18,15 @@
  *   csv=SIZE          size of the CSV served for download=true when COMPLETED
  *                     (32-byte lines "%010llu,abcdefghijklmnopqrst\n"; Range works)
  *   length=0          send the CSV chunked; throttle=BYTES_PER_S; cut=K (drop after K)
+ *   raw=NAME          send the bytes stored by POST /_raw?name=NAME exactly as they
+ *                     are, instead of an answer (framing faults, 1xx, gzip, ...)
+ * POST /_raw?name=NAME[&trickle=BYTES&every=MS][&after=close|keep|rst] stores its
+ * body (at most 1 MiB) under NAME: sent BYTES at a time every MS ms (default: all
+ * at once), then the connection is closed once written (close, the default), left
+ * open and never read again (keep: what follows stays in the client's buffers),
+ * or reset (rst).
  * GET /_stats counts requests per id, connections, client aborts and shows the
- * last request's headers; POST /_reset forgets everything.
+ * last request's headers; POST /_reset forgets everything but the raw answers.
  */
 
 #include <errno.h>
@@ -121,11 +128,31 @@ struct fake_script {
 	uint64_t throttle; /* bytes per second; 0: as fast as the client reads */
 	bool has_cut;
 	uint64_t cut;
+	const char *raw; /* NAME of a stored raw answer, or NULL */
 };
 
 enum fake_script_result { FAKE_SCRIPT_OK, FAKE_SCRIPT_BAD, FAKE_SCRIPT_NOMEM };
 
-enum fake_phase { FAKE_PHASE_DELAYING, FAKE_PHASE_STREAMING, FAKE_PHASE_FLUSHING };
+enum fake_phase {
+	FAKE_PHASE_DELAYING,
+	FAKE_PHASE_STREAMING,
+	FAKE_PHASE_FLUSHING,
+	FAKE_PHASE_RAW,
+	FAKE_PHASE_RAW_ENDING,
+};
+
+enum fake_raw_after { FAKE_RAW_CLOSE, FAKE_RAW_KEEP, FAKE_RAW_RST };
+
+/* Bytes stored by POST /_raw, sent as they are to requests scripted raw=NAME. */
+struct fake_raw {
+	char *name;
+	unsigned char *bytes;
+	size_t length;
+	size_t trickle; /* bytes per write; 0: all at once */
+	uint64_t every_ms;
+	enum fake_raw_after after;
+	UT_hash_handle hh;
+};
 
 /*
  * One authorised /export_status request, from its script to its reply. When it
@@ -150,6 +177,9 @@ struct fake_exchange {
 	bool cut_at_stop;
 	uint64_t started_us;
 	uint64_t sent;
+	size_t raw_trickle;
+	uint64_t raw_every_ms;
+	enum fake_raw_after raw_after;
 	struct fake_exchange *prev, *next;
 };
 
@@ -163,6 +193,7 @@ struct fake_server {
 	size_t credential_count;
 	struct fake_export *exports;
 	struct fake_exchange *exchanges;
+	struct fake_raw *raws;
 	uint64_t requests;
 	uint64_t client_aborts;
 	uint64_t connections;
@@ -530,10 +561,20 @@ fake_script_cut(struct fake_script *script, char *value)
 	return 0;
 }
 
+static int
+fake_script_raw(struct fake_script *script, char *value)
+{
+	if (*value == '\0')
+		return -1;
+	script->raw = value;
+	return 0;
+}
+
 static const struct {
 	const char *name;
 	int (*parse)(struct fake_script *, char *);
 } fake_script_keys[] = {
+	{ "raw", fake_script_raw },
 	{ "states", fake_script_states },
 	{ "delay", fake_script_delay },
 	{ "status", fake_script_status },
@@ -1111,6 +1152,166 @@ fake_csv_start(struct fake_exchange *ex)
 	fake_csv_pump(ex);
 }
 
+/* --- raw answers -------------------------------------------------------- */
+
+static void
+fake_raws_clear(struct fake_server *server)
+{
+	struct fake_raw *raw, *tmp;
+
+	HASH_ITER(hh, server->raws, raw, tmp) {
+		HASH_DEL(server->raws, raw);
+		free(raw->name);
+		free(raw->bytes);
+		free(raw);
+	}
+}
+
+/* The last piece is written: close, reset or keep the connection as scripted. */
+static void
+fake_raw_end(struct fake_exchange *ex)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->evcon);
+	struct linger linger = { 1, 0 };
+
+	switch (ex->raw_after) {
+	case FAKE_RAW_KEEP:
+		/* Nothing more is ever written; the closecb frees the exchange. */
+		if (ex->timer != NULL)
+			evtimer_del(ex->timer);
+		return;
+	case FAKE_RAW_CLOSE:
+	case FAKE_RAW_RST:
+		break;
+	}
+	if (evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
+		ex->phase = FAKE_PHASE_RAW_ENDING;
+		if (fake_exchange_arm(ex, FAKE_FLUSH_POLL_US) == 0)
+			return;
+	}
+	if (ex->raw_after == FAKE_RAW_RST &&
+	    setsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_LINGER, &linger,
+		sizeof(linger)) != 0)
+		fake_log("%s: SO_LINGER: %s", __func__, strerror(errno));
+	fake_exchange_cut(ex, "raw answer sent, connection dropped");
+}
+
+/* Writes the next piece straight into the connection, past evhttp's framing. */
+static void
+fake_raw_pump(struct fake_exchange *ex)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->evcon);
+	size_t left = evbuffer_get_length(ex->chunk);
+	size_t piece = ex->raw_trickle > 0 && ex->raw_trickle < left ? ex->raw_trickle : left;
+
+	if (piece > 0 && (evbuffer_remove_buffer(ex->chunk, bufferevent_get_output(bev),
+		piece) != (int)piece || bufferevent_enable(bev, EV_WRITE) != 0)) {
+		fake_exchange_cut(ex, "cannot write the raw answer");
+		return;
+	}
+	if (evbuffer_get_length(ex->chunk) == 0) {
+		fake_raw_end(ex);
+		return;
+	}
+	if (fake_exchange_arm(ex, ex->raw_every_ms * 1000u) != 0)
+		fake_exchange_cut(ex, "cannot arm the trickle timer");
+}
+
+static void
+fake_raw_start(struct fake_exchange *ex)
+{
+	struct fake_raw *raw = NULL;
+
+	HASH_FIND_STR(ex->server->raws, ex->script.raw, raw);
+	if (raw == NULL) {
+		fake_exchange_reply_json(ex, 400, "{\"error\":\"no such raw answer\"}");
+		return;
+	}
+	if ((ex->chunk = evbuffer_new()) == NULL ||
+	    evbuffer_add(ex->chunk, raw->bytes, raw->length) != 0 ||
+	    fake_connection_notice_close(ex->evcon) != 0) {
+		fake_exchange_reply_json(ex, 500, "{\"error\":\"out of memory\"}");
+		return;
+	}
+	ex->raw_trickle = raw->trickle;
+	ex->raw_every_ms = raw->every_ms;
+	ex->raw_after = raw->after;
+	ex->phase = FAKE_PHASE_RAW;
+	fake_exchange_watch(ex);
+	fake_raw_pump(ex);
+}
+
+static int
+fake_raw_options(struct fake_raw *raw, struct evkeyvalq *params)
+{
+	const char *trickle = evhttp_find_header(params, "trickle");
+	const char *every = evhttp_find_header(params, "every");
+	const char *after = evhttp_find_header(params, "after");
+	uint64_t value;
+
+	if (trickle != NULL) {
+		if (fake_parse_u64(trickle, FAKE_MAX_BODY_SIZE, &value) != 0)
+			return -1;
+		raw->trickle = (size_t)value;
+	}
+	if (every != NULL && fake_parse_u64(every, FAKE_MAX_DELAY_MS, &raw->every_ms) != 0)
+		return -1;
+	if (after == NULL || strcmp(after, "close") == 0)
+		raw->after = FAKE_RAW_CLOSE;
+	else if (strcmp(after, "keep") == 0)
+		raw->after = FAKE_RAW_KEEP;
+	else if (strcmp(after, "rst") == 0)
+		raw->after = FAKE_RAW_RST;
+	else
+		return -1;
+	return 0;
+}
+
+static void
+fake_handle_raw(struct fake_server *server, struct evhttp_request *req)
+{
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	struct evbuffer *body = evhttp_request_get_input_buffer(req);
+	struct fake_raw *raw = NULL, *old = NULL;
+	struct evkeyvalq params;
+	const char *name;
+
+	TAILQ_INIT(&params);
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		fake_reply_method_not_allowed(req, "POST");
+		return;
+	}
+	if (query == NULL || evhttp_parse_query_str(query, &params) != 0 ||
+	    (name = evhttp_find_header(&params, "name")) == NULL || *name == '\0' ||
+	    (raw = calloc(1, sizeof(*raw))) == NULL || fake_raw_options(raw, &params) != 0) {
+		free(raw);
+		evhttp_clear_headers(&params);
+		fake_reply_json(req, 400, "{\"error\":\"want POST /_raw?name=NAME\"}");
+		return;
+	}
+	raw->length = evbuffer_get_length(body);
+	raw->name = strdup(name);
+	raw->bytes = malloc(raw->length + 1);
+	evhttp_clear_headers(&params);
+	if (raw->name == NULL || raw->bytes == NULL ||
+	    evbuffer_remove(body, raw->bytes, raw->length) != (int)raw->length) {
+		free(raw->name);
+		free(raw->bytes);
+		free(raw);
+		fake_reply_json(req, 500, "{\"error\":\"out of memory\"}");
+		return;
+	}
+	HASH_FIND_STR(server->raws, raw->name, old);
+	if (old != NULL) {
+		HASH_DEL(server->raws, old);
+		free(old->name);
+		free(old->bytes);
+		free(old);
+	}
+	HASH_ADD_KEYPTR(hh, server->raws, raw->name, strlen(raw->name), raw);
+	fake_reply_json(req, 200, "{\"ok\":true}");
+}
+
 /* --- answering /export_status ------------------------------------------ */
 
 /* A states= slot may name an HTTP status ("states=IN_PROGRESS,503"): a failure later on. */
@@ -1128,7 +1329,9 @@ fake_exchange_respond(struct fake_exchange *ex)
 {
 	if (ex->script.status == 0)
 		ex->script.status = fake_state_as_status(ex->state);
-	if (ex->script.close) {
+	if (ex->script.raw != NULL) {
+		fake_raw_start(ex);
+	} else if (ex->script.close) {
 		fake_exchange_cut(ex, "close=1, connection dropped");
 	} else if (ex->script.status != 0) {
 		fake_exchange_reply_status(ex);
@@ -1157,6 +1360,12 @@ fake_exchange_timer_fired(evutil_socket_t fd, short what, void *arg)
 		break;
 	case FAKE_PHASE_FLUSHING:
 		fake_csv_flush_then_cut(ex);
+		break;
+	case FAKE_PHASE_RAW:
+		fake_raw_pump(ex);
+		break;
+	case FAKE_PHASE_RAW_ENDING:
+		fake_raw_end(ex);
 		break;
 	}
 }
@@ -1429,6 +1638,8 @@ fake_handle_request(struct evhttp_request *req, void *arg)
 		fake_handle_stats(server, req);
 	else if (strcmp(path, "/_reset") == 0)
 		fake_handle_reset(server, req);
+	else if (strcmp(path, "/_raw") == 0)
+		fake_handle_raw(server, req);
 	else if (fake_has_suffix(path, "/export_status"))
 		fake_handle_export_status(server, req);
 	else
@@ -1651,6 +1862,7 @@ fake_server_free(struct fake_server *server)
 		event_base_free(server->base);
 	SSL_CTX_free(server->tls);
 	fake_exports_clear(server);
+	fake_raws_clear(server);
 	free(server->last_json);
 	for (i = 0; i < server->credential_count; i++)
 		free(server->credentials[i].storage);

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.parse
 
 GATEWAY_BIN = os.environ.get("GATEWAY_BIN", "./gumloop-gateway")
 FAKE_BIN = os.environ.get("FAKE_UPSTREAM_BIN", "./tests/fake-upstream")
@@ -106,6 +107,23 @@ class Fake:
 
     def stats(self):
         return self._call("GET", "/_stats")
+
+    def raw(self, name, data, trickle=None, every=None, after=None):
+        """Stores bytes the fake sends as they are for an id scripted raw=NAME."""
+        params = {"name": name}
+        for key, value in (("trickle", trickle), ("every", every), ("after", after)):
+            if value is not None:
+                params[key] = value
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           context=self.ca.context(), timeout=10)
+        try:
+            conn.request("POST", "/_raw?" + urllib.parse.urlencode(params), body=data)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 200:
+                raise AssertionError("POST /_raw: %d %r" % (resp.status, body))
+        finally:
+            conn.close()
 
     def reset(self):
         self._call("POST", "/_reset")
@@ -235,6 +253,73 @@ def raw_exchange(host, port, data, timeout=5):
         except socket.timeout:
             pass
         return b"".join(chunks)
+
+
+def csv_bytes(start, end):
+    """Bytes [start, end) of the fake's CSV: 32-byte lines "%010d,abcdefghijklmnopqrst\\n"."""
+    first, last = start // 32, (end + 31) // 32
+    text = b"".join(b"%010d,abcdefghijklmnopqrst\n" % n for n in range(first, last))
+    return text[start - first * 32:end - first * 32]
+
+
+class RawResponse:
+    """An HTTP/1.1 response read off a socket by hand, so truncation shows."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+        while b"\r\n\r\n" not in self.buffer:
+            if not self._fill():
+                raise AssertionError("connection closed before the headers: %r" % self.buffer)
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {}
+        for line in lines[1:]:
+            name, value = line.split(":", 1)
+            self.headers[name.strip().lower()] = value.strip()
+
+    def _fill(self):
+        chunk = self.sock.recv(1 << 20)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def read_all(self):
+        """(body bytes, complete?): complete means the framing said the end came."""
+        if "content-length" in self.headers:
+            length = int(self.headers["content-length"])
+            while len(self.buffer) < length and self._fill():
+                pass
+            return self.buffer[:length], len(self.buffer) >= length
+        if self.headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in self.buffer:
+                    if not self._fill():
+                        return body, False
+                size_line, rest = self.buffer.split(b"\r\n", 1)
+                size = int(size_line.split(b";")[0], 16)
+                while len(rest) < size + 2:
+                    if not self._fill():
+                        return body + rest[:size], False
+                    size_line, rest = self.buffer.split(b"\r\n", 1)
+                if size == 0:
+                    return body, True
+                body += rest[:size]
+                self.buffer = rest[size + 2:]
+        while self._fill():
+            pass
+        return self.buffer, None
+
+
+def raw_get(port, path, headers=None, timeout=30, method="GET", version="1.1"):
+    """Sends one request on a new socket; returns the socket and its response head."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    lines = ["%s %s HTTP/%s" % (method, path, version), "Host: gateway"]
+    lines += ["%s: %s" % kv for kv in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    return sock, RawResponse(sock)
+
 
 
 class TapResult(unittest.TextTestResult):

@@ -18,7 +18,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gwtest  # noqa: E402
 from fixtures import *  # noqa: E402,F401,F403 (setUpModule, state, q, GatewayCase, ...)
-from gwtest import Gateway, free_port, ini, wait_for  # noqa: E402
+from gwtest import Gateway, RawResponse, csv_bytes, free_port, ini, raw_get, wait_for  # noqa: E402,F401
 
 MIB = 1024 * 1024
 # The 1 GiB check shrinks under valgrind, which runs the gateway ~30x slower.
@@ -28,71 +28,6 @@ _serial = itertools.count(1)
 
 def fresh(script):
     return "d%d-%d;states=COMPLETED;%s" % (os.getpid(), next(_serial), script)
-
-
-def csv_bytes(start, end):
-    """Bytes [start, end) of the fake's CSV: 32-byte lines "%010d,abcdefghijklmnopqrst\\n"."""
-    first, last = start // 32, (end + 31) // 32
-    text = b"".join(b"%010d,abcdefghijklmnopqrst\n" % n for n in range(first, last))
-    return text[start - first * 32:end - first * 32]
-
-
-class RawResponse:
-    """An HTTP/1.1 response read off a socket by hand, so truncation shows."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buffer = b""
-        while b"\r\n\r\n" not in self.buffer:
-            if not self._fill():
-                raise AssertionError("connection closed before the headers: %r" % self.buffer)
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {}
-        for line in lines[1:]:
-            name, value = line.split(":", 1)
-            self.headers[name.strip().lower()] = value.strip()
-
-    def _fill(self):
-        chunk = self.sock.recv(1 << 20)
-        self.buffer += chunk
-        return bool(chunk)
-
-    def read_all(self):
-        """(body bytes, complete?): complete means the framing said the end came."""
-        if "content-length" in self.headers:
-            length = int(self.headers["content-length"])
-            while len(self.buffer) < length and self._fill():
-                pass
-            return self.buffer[:length], len(self.buffer) >= length
-        if self.headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                while b"\r\n" not in self.buffer:
-                    if not self._fill():
-                        return body, False
-                size_line, rest = self.buffer.split(b"\r\n", 1)
-                size = int(size_line.split(b";")[0], 16)
-                while len(rest) < size + 2:
-                    if not self._fill():
-                        return body + rest[:size], False
-                    size_line, rest = self.buffer.split(b"\r\n", 1)
-                if size == 0:
-                    return body, True
-                body += rest[:size]
-                self.buffer = rest[size + 2:]
-        while self._fill():
-            pass
-        return self.buffer, None
-
-
-def raw_get(port, path, headers=None, timeout=30):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    lines = ["GET %s HTTP/1.1" % path, "Host: gateway"]
-    lines += ["%s: %s" % kv for kv in (headers or {}).items()]
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    return sock, RawResponse(sock)
 
 
 def rss_kib(pid):
