@@ -16,11 +16,12 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-
 #include "conf.h"
 #include "hash.h"
+#include "json_check.h"
 #include "log.h"
 #include "query.h"
+#include "redact.h"
 #include "upstream.h"
 
 #define CACHE_REAP_INTERVAL_MS 1000
@@ -111,23 +112,43 @@ static char *make_key(const char *user_id, const char *export_id)
 	return key;
 }
 
-const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap)
+/*
+ * The state of a strict JSON body (json_check.h) that is an object with a string
+ * "state" and, when export_id is given, no "data_export_id" but export_id: an
+ * answer about another export came off a poisoned connection and must never be
+ * stored under this key. NULL with *why otherwise.
+ */
+static const char *parse_answer(const char *body, size_t length, const char *export_id,
+				char *state, size_t cap, const char **why)
 {
-	const cJSON *field;
+	const cJSON *field, *id;
 	const char *found = NULL;
 	cJSON *json;
 
-	/* cJSON ends strings at an escaped NUL: "COMPLETED\u0000x" would read as final. */
-	if (memmem(body, length, "\\u0000", 6) != NULL)
+	*why = NULL;
+	json = json_check_parse(body, length, why);
+	if (json == NULL)
 		return NULL;
-	json = cJSON_ParseWithLength(body, length);
 	field = cJSON_GetObjectItemCaseSensitive(json, "state");
-	if (cJSON_IsObject(json) && cJSON_IsString(field) && cap > 0) {
+	id = cJSON_GetObjectItemCaseSensitive(json, "data_export_id");
+	if (!cJSON_IsObject(json) || !cJSON_IsString(field) || cap == 0) {
+		*why = "the upstream answered without a JSON object holding a state";
+	} else if (export_id != NULL && id != NULL &&
+		   (!cJSON_IsString(id) || strcmp(id->valuestring, export_id) != 0)) {
+		*why = "the upstream answered about another export";
+	} else {
 		snprintf(state, cap, "%s", field->valuestring);
 		found = state;
 	}
 	cJSON_Delete(json);
 	return found;
+}
+
+const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap)
+{
+	const char *why;
+
+	return parse_answer(body, length, NULL, state, cap, &why);
 }
 
 static enum entry_kind kind_of_state(const char *state)
@@ -357,14 +378,37 @@ static void outcome_error(struct outcome *outcome, int status, const char *code,
 		outcome->body_length = strlen(outcome->body);
 }
 
+/* An error body as upstream sent it, but for any configured secret in it. */
+static int redact_body(struct cache *cache, struct outcome *outcome)
+{
+	char *redacted;
+	size_t length;
+
+	switch (redact_secrets(outcome->body, outcome->body_length, cache->conf, &redacted,
+			       &length)) {
+	case 0:
+		return 0;
+	case 1:
+		log_warn("an upstream error body held a configured secret; replaced by %s",
+			 REDACT_MARK);
+		free(outcome->body);
+		outcome->body = redacted;
+		outcome->body_length = length;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
 /* Copies the upstream body and type; then decides validity and TTL. */
 static void outcome_from_response(struct cache *cache, const char *credential,
-				  const struct upstream_result *result, struct outcome *outcome)
+				  const char *export_id, const struct upstream_result *result,
+				  struct outcome *outcome)
 {
 	long status = result->status;
 	size_t length = evbuffer_get_length(result->body);
 	char state_text[CACHE_STATE_MAX];
-	const char *state = NULL;
+	const char *state = NULL, *why = NULL;
 
 	if (status == 401) {
 		log_error("upstream rejected credential '%s' with 401: its api_key (or user_id) "
@@ -377,6 +421,11 @@ static void outcome_from_response(struct cache *cache, const char *credential,
 	if (status >= 300 && status < 400) {
 		outcome_error(outcome, 502, "upstream_redirect",
 			      "the upstream answered with a redirect, which is not followed");
+		return;
+	}
+	if (status < 200 || status > 599) { /* framing.c refuses these already */
+		outcome_error(outcome, 502, "upstream_invalid",
+			      "the upstream answered with a status outside 200-599");
 		return;
 	}
 	outcome->status = (int)status;
@@ -393,14 +442,19 @@ static void outcome_from_response(struct cache *cache, const char *credential,
 	outcome->body[length] = '\0';
 	outcome->body_length = length;
 	if (status < 200 || status >= 300) {
+		if (redact_body(cache, outcome) < 0) {
+			outcome_error(outcome, 500, "internal", "out of memory");
+			return;
+		}
 		outcome->kind = ENTRY_ERROR;
 		outcome->ttl_ms = cache_ttl_for(cache->conf, (int)status, NULL);
 		return;
 	}
-	state = cache_parse_state(outcome->body, length, state_text, sizeof(state_text));
+	state = parse_answer(outcome->body, length, export_id, state_text, sizeof(state_text),
+			     &why);
 	if (state == NULL) {
-		outcome_error(outcome, 502, "upstream_invalid",
-			      "the upstream answered without a JSON object holding a state");
+		log_warn("upstream answer refused (credential '%s'): %s", credential, why);
+		outcome_error(outcome, 502, "upstream_invalid", why);
 		return;
 	}
 	outcome->kind = kind_of_state(state);
@@ -408,11 +462,17 @@ static void outcome_from_response(struct cache *cache, const char *credential,
 }
 
 static void outcome_from_result(struct cache *cache, const char *credential,
-				const struct upstream_result *result, struct outcome *outcome)
+				const char *export_id, const struct upstream_result *result,
+				struct outcome *outcome)
 {
 	switch (result->outcome) {
 	case UPSTREAM_OK:
-		outcome_from_response(cache, credential, result, outcome);
+		outcome_from_response(cache, credential, export_id, result, outcome);
+		return;
+	case UPSTREAM_INVALID:
+		log_warn("upstream answer refused (credential '%s'): %s", credential,
+			 result->error);
+		outcome_error(outcome, 502, "upstream_invalid", result->error);
 		return;
 	case UPSTREAM_TIMEOUT:
 		log_warn("upstream timed out (credential '%s'): %s", credential, result->error);
@@ -427,8 +487,7 @@ static void outcome_from_result(struct cache *cache, const char *credential,
 		outcome->stale_ok = 1;
 		return;
 	case UPSTREAM_TOO_LARGE:
-		outcome_error(outcome, 502, "upstream_too_large",
-			      "the upstream's answer is larger than 1 MiB");
+		outcome_error(outcome, 502, "upstream_too_large", result->error);
 		return;
 	case UPSTREAM_FAILED:
 		log_warn("upstream request failed: %s", result->error);
@@ -500,7 +559,8 @@ static void settle(struct cache *cache, const char *key, const char *credential,
 	struct cache_entry *entry;
 	int64_t now = now_ms();
 
-	outcome_from_result(cache, credential, result, &outcome);
+	/* the key is "user id \x1f export id"; user ids hold no control characters */
+	outcome_from_result(cache, credential, strchr(key, '\x1f') + 1, result, &outcome);
 	entry = entry_find(cache, key);
 	if (outcome.stale_ok && entry != NULL &&
 	    now <= entry->expires_ms + cache->conf->cache_stale_if_error_ms) {
@@ -637,7 +697,8 @@ struct cache *cache_new(struct event_base *base, struct upstream *upstream,
 			const struct conf *conf)
 {
 	struct cache *cache = calloc(1, sizeof(*cache));
-	struct timeval every = { 0, CACHE_REAP_INTERVAL_MS * 1000 };
+	struct timeval every = { CACHE_REAP_INTERVAL_MS / 1000,
+				 (CACHE_REAP_INTERVAL_MS % 1000) * 1000 };
 
 	if (cache == NULL)
 		return NULL;

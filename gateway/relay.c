@@ -26,9 +26,12 @@
 
 static void on_drained(struct evhttp_connection *evcon, void *arg);
 
-/* Response headers a download passes through, as design.md lists them. */
+/*
+ * Response headers a download passes through, as design.md lists them. The
+ * framing (Content-Length, Transfer-Encoding) is the gateway's own.
+ */
 static const char *const passed_headers[] = {
-	"Content-Type",	 "Content-Disposition", "Content-Length", "Content-Range",
+	"Content-Type",	 "Content-Disposition", "Content-Range",
 	"Accept-Ranges", "Last-Modified",	"ETag",
 };
 
@@ -47,10 +50,19 @@ struct relay {
 	char credential[64];
 	char *content_range; /* of a 416, which has no body to stream */
 	int head;
+	int needs_length;
+	int refused; /* no length for a client that needs one */
 	int streaming;
 	int ended;
-	uint64_t bytes;
+	int64_t expected; /* the declared length, or -1 */
+	uint64_t bytes;	  /* taken from upstream */
+	uint64_t handed;  /* handed to evhttp */
 };
+
+uint64_t relay_bytes_handed(const struct relay *relay)
+{
+	return relay != NULL ? relay->handed : 0;
+}
 
 void relay_free(struct relay *relay)
 {
@@ -72,11 +84,14 @@ static int is_json_type(const char *content_type)
 	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
 }
 
-static enum upstream_mode on_headers(long status, const struct evkeyvalq *headers, void *arg)
+static enum upstream_mode on_headers(const struct upstream_head *head, void *arg)
 {
 	struct relay *relay = arg;
 	struct evkeyvalq *out = evhttp_request_get_output_headers(relay->req);
+	const struct evkeyvalq *headers = head->headers;
 	const char *type = evhttp_find_header(headers, "Content-Type");
+	long status = head->status;
+	char length[24];
 
 	/* Errors and JSON states are small: buffered, then answered like a status call. */
 	if (status < 200 || status >= 300 || type == NULL || is_json_type(type)) {
@@ -87,17 +102,28 @@ static enum upstream_mode on_headers(long status, const struct evkeyvalq *header
 			return UPSTREAM_ABORT;
 		return UPSTREAM_BUFFER;
 	}
+	/* An HTTP/1.0 body ends when the connection closes: a cut would look whole. */
+	if (relay->needs_length && !relay->head && head->content_length < 0) {
+		relay->refused = 1;
+		return UPSTREAM_ABORT;
+	}
 	for (size_t i = 0; i < sizeof(passed_headers) / sizeof(passed_headers[0]); i++) {
 		const char *value = evhttp_find_header(headers, passed_headers[i]);
 
 		if (value != NULL && evhttp_add_header(out, passed_headers[i], value) < 0)
 			return UPSTREAM_ABORT;
 	}
+	relay->expected = head->content_length;
+	if (head->content_length >= 0) {
+		snprintf(length, sizeof(length), "%lld", (long long)head->content_length);
+		if (evhttp_add_header(out, "Content-Length", length) < 0)
+			return UPSTREAM_ABORT;
+	}
 	relay->streaming = 1;
 	relay->events->started((int)status, relay->arg);
 	evhttp_send_reply_start(relay->req, (int)status, NULL);
 	/* HEAD: the headers were all the client wanted. */
-	return relay->head ? UPSTREAM_ABORT : UPSTREAM_STREAM;
+	return relay->head ? UPSTREAM_STOP : UPSTREAM_STREAM;
 }
 
 static void free_gathered(const void *data, size_t length, void *extra)
@@ -130,6 +156,7 @@ static void flush(struct relay *relay)
 		log_error("%s: out of memory; the download is cut short", __func__);
 		return;
 	}
+	relay->handed += length;
 	evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
 }
 
@@ -145,9 +172,7 @@ static void on_drained(struct evhttp_connection *evcon, void *arg)
 	struct relay *relay = arg;
 
 	(void)evcon;
-	if (relay->ended)
-		relay->events->flushed(relay->arg);
-	else
+	if (!relay->ended)
 		upstream_resume(relay->call);
 }
 
@@ -156,6 +181,7 @@ static int on_data(const char *bytes, size_t length, void *arg)
 	struct relay *relay = arg;
 	struct evhttp_connection *evcon = evhttp_request_get_connection(relay->req);
 	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+	int overflow = 0;
 
 	if (bev == NULL)
 		return -1;
@@ -163,6 +189,13 @@ static int on_data(const char *bytes, size_t length, void *arg)
 	if (evbuffer_get_length(bufferevent_get_output(bev)) + relay->gathered_length + length >
 	    RELAY_HIGH_WATERMARK)
 		return 1;
+	/* never more than declared: the rest would be read as the client's next answer */
+	if (relay->expected >= 0 && relay->bytes + length > (uint64_t)relay->expected) {
+		log_warn("download of %s: upstream sent more than its Content-Length; the "
+			 "excess is dropped", relay->export_id);
+		length = (size_t)((uint64_t)relay->expected - relay->bytes);
+		overflow = 1;
+	}
 	/*
 	 * libcurl hands over one TLS record (16 KiB at most) at a time; gathered into
 	 * one RELAY_CHUNK piece and handed on once per loop turn (or when full), they
@@ -186,7 +219,7 @@ static int on_data(const char *bytes, size_t length, void *arg)
 	}
 	if (relay->gathered_length > 0)
 		event_active(relay->flush, EV_TIMEOUT, 0);
-	return 0;
+	return overflow ? -1 : 0;
 }
 
 static void on_answer(const struct cache_answer *answer, void *arg)
@@ -202,21 +235,34 @@ static void on_answer(const struct cache_answer *answer, void *arg)
 static void on_done(const struct upstream_result *result, void *arg)
 {
 	struct relay *relay = arg;
+	const char *error = result->error;
 
 	relay->call = NULL;
 	relay->ended = 1;
+	if (relay->refused) {
+		relay->events->refused(426, "http_1_1_required",
+				       "upstream sends this file without a length, which only "
+				       "HTTP/1.1 can frame; retry with HTTP/1.1",
+				       relay->arg);
+		return;
+	}
 	if (!relay->streaming) {
 		cache_settle(relay->cache, relay->user_id, relay->export_id, relay->credential,
 			     result, on_answer, relay);
 		return;
 	}
 	flush(relay); /* what arrived is good, even if the rest will not come */
-	if (relay->head || result->outcome == UPSTREAM_OK) {
+	if (result->outcome == UPSTREAM_OK && !relay->head && relay->expected >= 0 &&
+	    relay->bytes != (uint64_t)relay->expected)
+		error = "the body did not match its Content-Length";
+	else if (result->outcome == UPSTREAM_OK)
+		error = NULL;
+	if (error == NULL) {
 		relay->events->ended(RELAY_COMPLETE, relay->bytes, relay->arg);
 	} else {
 		log_warn("download of %s failed after %llu bytes: %s; closing the client "
 			 "connection so the file cannot pass for complete",
-			 relay->export_id, (unsigned long long)relay->bytes, result->error);
+			 relay->export_id, (unsigned long long)relay->bytes, error);
 		relay->events->ended(RELAY_FAILED, relay->bytes, relay->arg);
 	}
 }
@@ -229,9 +275,9 @@ static const struct upstream_download_handlers handlers = {
 
 struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 			  const struct conf *conf, const struct conf_credential *credential,
-			  const struct query *q, struct evhttp_request *req, int head,
-			  const char *range, const char *if_range,
-			  const struct relay_events *events, void *arg)
+			  const struct query *q, struct evhttp_request *req,
+			  const struct relay_request *request, const struct relay_events *events,
+			  void *arg)
 {
 	struct relay *relay = calloc(1, sizeof(*relay));
 
@@ -241,7 +287,9 @@ struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 	relay->cache = cache;
 	relay->events = events;
 	relay->arg = arg;
-	relay->head = head;
+	relay->head = request->head;
+	relay->needs_length = request->needs_length;
+	relay->expected = -1;
 	relay->chunk = evbuffer_new();
 	relay->user_id = strdup(credential->user_id);
 	snprintf(relay->export_id, sizeof(relay->export_id), "%s", q->data_export_id);
@@ -250,8 +298,8 @@ struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 				 0, on_flush, relay);
 	if (relay->chunk == NULL || relay->user_id == NULL || relay->flush == NULL)
 		goto fail;
-	relay->call = upstream_start_download(upstream, conf, credential, q, range, if_range,
-					      &handlers, relay);
+	relay->call = upstream_start_download(upstream, conf, credential, q, request->range,
+					      request->if_range, &handlers, relay);
 	if (relay->call == NULL)
 		goto fail;
 	return relay;

@@ -1,28 +1,39 @@
 /*
- * upstream.h -- calls to the Gumloop API: one libcurl multi handle driven by the
+ * upstream.h -- calls to the Gumloop API: libcurl multi handles driven by the
  * gateway's libevent loop (the shape of curl's hiperfifo.c). Nothing here blocks.
- * It knows how to build a Gumloop request (credential injection); it does not
- * know about clients, caching or HTTP answers to clients.
+ * It knows how to build a Gumloop request (credential injection) and refuses
+ * answers whose framing it cannot trust; it does not know about clients,
+ * caching or HTTP answers to clients.
+ *
+ * Two pools of connections: status calls share at most upstream_max_connections
+ * (more wait in libcurl's queue, for at most upstream_timeout); downloads have a
+ * pool of their own, bounded by max_downloads. Idle pooled connections are
+ * closed after upstream_keepalive_timeout, and at once when anything arrives on
+ * them (stray bytes would be read as the answer to the next request).
  */
 #ifndef GATEWAY_UPSTREAM_H
 #define GATEWAY_UPSTREAM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct event_base;
 struct evbuffer;
+struct evkeyvalq;
 struct conf;
 struct conf_credential;
 struct query;
 
 #define UPSTREAM_MAX_JSON_BYTES (1024 * 1024)
+#define UPSTREAM_MAX_HEADER_BYTES (64 * 1024)
 
 enum upstream_outcome {
 	UPSTREAM_OK,		  /* a complete HTTP response arrived */
 	UPSTREAM_CONNECT_FAILED,  /* DNS, TCP or TLS (certificate) failure */
-	UPSTREAM_TIMEOUT,	  /* upstream_timeout elapsed */
-	UPSTREAM_TOO_LARGE,	  /* body over UPSTREAM_MAX_JSON_BYTES */
-	UPSTREAM_FAILED,	  /* reset, closed before headers, anything else */
+	UPSTREAM_TIMEOUT,	  /* upstream_timeout elapsed (queued time included) */
+	UPSTREAM_TOO_LARGE,	  /* body over UPSTREAM_MAX_JSON_BYTES, headers over 64 KiB */
+	UPSTREAM_INVALID,	  /* a head the gateway cannot trust (see framing.h) */
+	UPSTREAM_FAILED,	  /* reset, closed before headers or mid-body, anything else */
 };
 
 struct upstream_result {
@@ -34,23 +45,29 @@ struct upstream_result {
 	const char *error;	  /* human text for failures: no URL, no secret */
 };
 
+/* The final head of a response, checked (framing.h) before anyone sees it. */
+struct upstream_head {
+	long status;
+	int64_t content_length; /* -1: chunked or until close */
+	const struct evkeyvalq *headers; /* names as sent, values trimmed */
+};
+
 struct upstream;
 struct upstream_call;
-struct evkeyvalq;
 
 /* Called once per call that was not cancelled; the call is freed right after. */
 typedef void (*upstream_done_cb)(const struct upstream_result *result, void *arg);
 
-/* What a download call does with the body, decided when the headers are in. */
+/* What a download call does with the body, decided when the head is in. */
 enum upstream_mode {
 	UPSTREAM_BUFFER, /* keep it (capped at UPSTREAM_MAX_JSON_BYTES) for done */
 	UPSTREAM_STREAM, /* hand each piece to data as it arrives */
+	UPSTREAM_STOP,	 /* the head was all that was wanted: done fires with OK */
 	UPSTREAM_ABORT,	 /* stop now; done fires with UPSTREAM_FAILED */
 };
 
 struct upstream_download_handlers {
-	/* The final response's status and headers (names as sent, values trimmed). */
-	enum upstream_mode (*headers)(long status, const struct evkeyvalq *headers, void *arg);
+	enum upstream_mode (*headers)(const struct upstream_head *head, void *arg);
 	/*
 	 * A piece of body in UPSTREAM_STREAM mode: 0 when taken, 1 when not taken
 	 * now (the transfer pauses and offers it again after upstream_resume), -1 to
@@ -60,8 +77,15 @@ struct upstream_download_handlers {
 	upstream_done_cb done;
 };
 
-/* A multi handle on base. Returns NULL (logged) on failure. */
-struct upstream *upstream_new(struct event_base *base);
+/* Multi handles on base, sized by conf. Returns NULL (logged) on failure. */
+struct upstream *upstream_new(struct event_base *base, const struct conf *conf);
+
+/*
+ * New limits from a reload (calls already queued keep their place). The CA
+ * bundle is read again for connections made from now on, even under the same
+ * path (libcurl would otherwise keep its parsed copy for 24 hours).
+ */
+void upstream_set_conf(struct upstream *upstream, const struct conf *conf);
 
 /* Cancels every call still running (their callbacks do not fire) and frees. */
 void upstream_free(struct upstream *upstream);
@@ -82,8 +106,9 @@ struct upstream_call *upstream_start_status(struct upstream *upstream,
 /*
  * Starts GET .../export_status?...&download=true as upstream_start_status does,
  * over HTTP/1.1 without content encoding (so a paused transfer buffers little),
- * with the client's Range and If-Range (NULL: none; the caller validated them),
- * and with conf->upstream_idle_timeout instead of a total timeout.
+ * with the client's Range and If-Range (NULL: none; the caller validated them).
+ * The head must arrive within upstream_timeout; after it, the body may take as
+ * long as it likes while no gap between bytes exceeds upstream_idle_timeout.
  */
 struct upstream_call *upstream_start_download(struct upstream *upstream,
 					      const struct conf *conf,
