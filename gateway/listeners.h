@@ -45,7 +45,22 @@ void listeners_close(struct listeners *listeners);
 /* The context of an open connection, as opened returned it; NULL if unknown. */
 void *listeners_context(struct listeners *listeners, struct evhttp_connection *evcon);
 
-/* A request on evcon was answered and it stays open: its request deadline restarts. */
-void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon);
+/* At most this many sockets linger after an error close (listeners_linger). */
+#define LISTENERS_MAX_LINGERING 256
+
+/*
+ * A request on evcon was answered and it stays open: its request deadline
+ * restarts, and with restore_timeouts so do evhttp's read and write timeouts
+ * (the server turns them off while a download streams).
+ */
+void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon,
+		    int restore_timeouts);
+
+/*
+ * evcon will be closed by us (after an error answer, or a cut download): when
+ * it is, its socket is shut down for writing and the client's unread bytes are
+ * read and dropped until it closes, so the kernel does not reset the answer.
+ */
+void listeners_linger(struct listeners *listeners, struct evhttp_connection *evcon);
 
 #endif

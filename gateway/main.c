@@ -18,6 +18,7 @@
 #include <event2/event.h>
 
 #include "conf.h"
+#include "listeners.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -80,14 +81,17 @@ static struct conf *load(const char *path)
 }
 
 /*
- * Every client connection is a file descriptor: take the hard limit, and say so
- * when even that is below what max_connections asks for (accepting then pauses
- * on EMFILE instead of at max_connections).
+ * Every client connection is a file descriptor, and so is every upstream one
+ * (status calls share upstream_max_connections, each download has its own) and
+ * every socket lingering after an error close: take the hard limit, and say so
+ * when even that is below what they add up to (accepting then pauses on EMFILE
+ * instead of at max_connections).
  */
 static void raise_fd_limit(const struct conf *conf)
 {
 	struct rlimit limit;
-	rlim_t wanted = (rlim_t)conf->max_connections + 2 * (rlim_t)conf->max_downloads + 64;
+	rlim_t wanted = (rlim_t)conf->max_connections + (rlim_t)conf->max_downloads +
+			(rlim_t)conf->upstream_max_connections + LISTENERS_MAX_LINGERING + 64;
 
 	if (getrlimit(RLIMIT_NOFILE, &limit) != 0)
 		return;

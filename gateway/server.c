@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -23,8 +25,11 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+/* http_struct.h: the request's HTTP version and method, which 2.1 has no getter for */
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
+#include "access_log.h"
 #include "auth.h"
 #include "cache.h"
 #include "conf.h"
@@ -37,8 +42,9 @@
 
 #define SERVER_MAX_REQUEST_LINE (8 * 1024)
 #define SERVER_MAX_HEADERS (16 * 1024)
-#define SERVER_LOG_FLUSH_MS 1000
 #define SERVER_MAX_RANGE_HEADER 256
+/* A download's client is looked at this many times per client_timeout. */
+#define SERVER_STALL_CHECKS 4
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
 struct connection {
@@ -52,9 +58,7 @@ struct server {
 	struct auth *auth;
 	struct upstream *upstream;
 	struct cache *cache;
-	FILE *access_log; /* NULL: off */
-	int access_log_owned;
-	struct event *log_flush;
+	struct access_log *access_log; /* NULL: off */
 	size_t active; /* requests begun and not yet completed or dropped */
 	size_t downloads; /* relays running, for max_downloads */
 	int draining;
@@ -75,8 +79,18 @@ struct exchange {
 	int streaming;	      /* a relayed body is being sent */
 	int relay_ended;      /* the relay said how the body ended */
 	int close_when_flushed;
+	int must_close;	      /* the bytes after this request cannot be trusted */
+	int http10;	      /* an HTTP/1.0 client: no chunked framing */
 	const char *end_note; /* why it ended, when not the usual way */
 	struct event *client_watch; /* notices a client leaving while we wait */
+	struct evbuffer *output;    /* a download's: watched for progress */
+	struct evbuffer_cb_entry *output_watch;
+	struct event *stall_check; /* a download's client that takes nothing */
+	struct event *closer;	   /* closes a cut download once its bytes are out */
+	int64_t last_progress_ms;
+	uint64_t drained;	/* bytes that left the output buffer for the socket */
+	uint64_t drained_seen;	/* as the stall check last saw them */
+	int unsent_seen;	/* the socket's send queue, as the stall check last saw it */
 	struct timespec start;
 	enum evhttp_cmd_type method_type;
 	int head;
@@ -117,6 +131,14 @@ static const char *method_name(enum evhttp_cmd_type method)
 	return "OTHER";
 }
 
+static int64_t now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
 static double elapsed_ms(const struct timespec *start)
 {
 	struct timespec now;
@@ -134,6 +156,20 @@ static void copy_printable(char *out, size_t cap, const char *in)
 	for (; in != NULL && *in != '\0' && n + 1 < cap; in++)
 		out[n++] = (*in > 0x20 && *in < 0x7f && *in != '"') ? *in : '?';
 	out[n] = '\0';
+}
+
+/* The request target as sent, up to its query: what the access log names. */
+static void copy_target_path(char *out, size_t cap, const char *target)
+{
+	size_t length = target != NULL ? strcspn(target, "?#") : 0;
+	char path[sizeof(((struct exchange *)NULL)->path)];
+
+	if (length >= sizeof(path))
+		length = sizeof(path) - 1;
+	if (target != NULL)
+		memcpy(path, target, length);
+	path[length] = '\0';
+	copy_printable(out, cap, path);
 }
 
 static void remember_peer(struct exchange *ex)
@@ -160,21 +196,28 @@ static void format_peer(const struct sockaddr_storage *peer, char *out, size_t c
 
 static void access_log_write(const struct exchange *ex, const char *outcome)
 {
-	FILE *out = ex->server->access_log;
-	char peer[INET6_ADDRSTRLEN];
+	char peer[INET6_ADDRSTRLEN], line[1024];
+	int length;
 
-	if (out == NULL)
+	if (ex->server->access_log == NULL)
 		return;
 	format_peer(&ex->peer, peer, sizeof(peer));
-	fprintf(out,
-		"%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s upstream=%ld "
-		"export=%s%s%s\n",
-		peer, ex->client[0] ? ex->client : "-",
-		ex->credential[0] ? ex->credential : "-", ex->method, ex->path, ex->status,
-		ex->bytes, elapsed_ms(&ex->start), ex->cache_result ? ex->cache_result : "-",
-		ex->upstream_status,
-		ex->export_id[0] ? ex->export_id : "-", outcome ? " " : "",
-		outcome ? outcome : "");
+	length = snprintf(line, sizeof(line),
+			  "%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s "
+			  "upstream=%ld export=%s%s%s\n",
+			  peer, ex->client[0] ? ex->client : "-",
+			  ex->credential[0] ? ex->credential : "-", ex->method, ex->path,
+			  ex->status, ex->bytes, elapsed_ms(&ex->start),
+			  ex->cache_result ? ex->cache_result : "-", ex->upstream_status,
+			  ex->export_id[0] ? ex->export_id : "-", outcome ? " " : "",
+			  outcome ? outcome : "");
+	if (length <= 0)
+		return;
+	if ((size_t)length >= sizeof(line)) {
+		length = sizeof(line) - 1;
+		line[length - 1] = '\n';
+	}
+	access_log_append(ex->server->access_log, line, (size_t)length);
 }
 
 static void server_check_drained(struct server *server)
@@ -193,26 +236,30 @@ static void client_watch_stop(struct exchange *ex)
 /*
  * libevent 2.1 stops reading a connection while its request is being answered,
  * so it would notice a client that hung up only when the answer is written. We
- * watch the socket ourselves meanwhile, as nginx does: the peer closing its side
- * (EV_CLOSED, epoll's EPOLLRDHUP: seen even behind unread bytes such as a TLS
- * close_notify) means the client is gone, and the connection is closed now,
- * which aborts the upstream call through on_connection_close. Without EV_CLOSED
- * we peek for end of file, and bytes waiting (a pipelined request) end the watch.
+ * watch the socket ourselves meanwhile, as nginx does. A FIN shows as EV_CLOSED
+ * (epoll's EPOLLRDHUP, seen even behind unread bytes such as a TLS close_notify);
+ * a reset as EPOLLERR|EPOLLHUP, which libevent reports as EV_READ|EV_WRITE, never
+ * as EV_CLOSED: so the watch takes EV_READ too, edge-triggered, so that bytes a
+ * client sends meanwhile (a pipelined request) wake it once, not on every turn.
+ * The client gone, the connection is closed now, which aborts the upstream call
+ * through on_connection_closed.
  */
 static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 {
 	struct exchange *ex = arg;
+	socklen_t length = sizeof(int);
+	int error = 0;
 	char byte;
 	ssize_t n;
 
 	if (!(what & EV_CLOSED)) {
-		n = recv(fd, &byte, 1, MSG_PEEK);
-		if (n > 0)
-			return;
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-			if (event_add(ex->client_watch, NULL) < 0)
-				log_warn("%s: cannot watch the client connection", __func__);
-			return;
+		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error != 0) {
+			ex->end_note = "client-reset";
+		} else {
+			n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+			if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+						errno == EINTR)))
+				return; /* bytes waiting, or nothing after all */
 		}
 	}
 	evhttp_connection_free(ex->connection);
@@ -222,17 +269,130 @@ static void client_watch_start(struct exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-	short kind = (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
-			     ? EV_CLOSED
-			     : EV_READ;
+	short kind = EV_READ | EV_ET | EV_PERSIST;
 
 	if (fd < 0)
 		return;
+	if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
+		kind |= EV_CLOSED;
 	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
 	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
 		log_warn("%s: cannot watch the client connection", __func__);
 		client_watch_stop(ex);
 	}
+}
+
+/* Download progress: the client's output buffer drains, or nothing is owed. */
+
+static void output_watch_stop(struct exchange *ex)
+{
+	if (ex->output_watch != NULL)
+		evbuffer_remove_cb_entry(ex->output, ex->output_watch);
+	ex->output_watch = NULL;
+	if (ex->stall_check != NULL)
+		event_free(ex->stall_check);
+	ex->stall_check = NULL;
+	if (ex->closer != NULL)
+		event_free(ex->closer);
+	ex->closer = NULL;
+}
+
+static void on_output(struct evbuffer *buffer, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->drained += info->n_deleted;
+	/* not from here: we are inside the bufferevent's write */
+	if (ex->close_when_flushed && evbuffer_get_length(buffer) == 0)
+		event_active(ex->closer, EV_TIMEOUT, 0);
+}
+
+static void on_closer(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+
+	(void)fd;
+	(void)what;
+	evhttp_connection_free(ex->connection);
+}
+
+/* Bytes in the socket's send queue, not yet acknowledged by the client; -1 unknown. */
+static int socket_unsent(struct exchange *ex)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
+	evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
+	int unsent = -1;
+
+	if (fd < 0 || ioctl(fd, SIOCOUTQ, &unsent) != 0)
+		return -1;
+	return unsent;
+}
+
+static void stall_check_arm(struct exchange *ex)
+{
+	int64_t every = ex->server->conf->client_timeout_ms / SERVER_STALL_CHECKS;
+	struct timeval next;
+
+	if (every < 1)
+		every = 1;
+	next.tv_sec = every / 1000;
+	next.tv_usec = (every % 1000) * 1000;
+	if (evtimer_add(ex->stall_check, &next) < 0)
+		log_warn("%s: cannot arm the stall check", __func__);
+}
+
+/*
+ * client_timeout for a download means no progress at all. evhttp's timeouts are
+ * off while it streams: its read timeout cuts a client that reads slowly but
+ * steadily (a reader sends nothing), and its write timeout counts the time the
+ * kernel waits for half of a large send buffer to drain before it says
+ * "writable" again (minutes at 16 KB/s). Progress is the client acknowledging
+ * bytes (the socket's send queue shrinks) or the gateway handing the kernel
+ * more; a client that is owed bytes and does neither for client_timeout is cut.
+ * (A reader's TCP stack opens its window again only once about half its receive
+ * buffer is free, so progress shows every buffer / (2 x rate): a reader of
+ * 16 KB/s with Linux's default 128 KiB buffer shows it every 4 s.)
+ */
+static void on_stall_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct exchange *ex = arg;
+	int64_t now = now_ms();
+	int unsent = socket_unsent(ex);
+
+	(void)fd;
+	(void)what;
+	if ((evbuffer_get_length(ex->output) == 0 && unsent <= 0) ||
+	    ex->drained != ex->drained_seen || unsent < ex->unsent_seen || unsent < 0)
+		ex->last_progress_ms = now;
+	ex->drained_seen = ex->drained;
+	ex->unsent_seen = unsent;
+	if (now - ex->last_progress_ms >= ex->server->conf->client_timeout_ms) {
+		ex->end_note = "client-timeout";
+		evhttp_connection_free(ex->connection);
+		return;
+	}
+	stall_check_arm(ex);
+}
+
+static int output_watch_start(struct exchange *ex)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
+
+	if (bev == NULL)
+		return -1;
+	ex->output = bufferevent_get_output(bev);
+	ex->last_progress_ms = now_ms();
+	ex->unsent_seen = -1;
+	ex->output_watch = evbuffer_add_cb(ex->output, on_output, ex);
+	ex->stall_check = evtimer_new(ex->server->base, on_stall_check, ex);
+	ex->closer = event_new(ex->server->base, -1, 0, on_closer, ex);
+	if (ex->output_watch == NULL || ex->stall_check == NULL || ex->closer == NULL) {
+		output_watch_stop(ex);
+		return -1;
+	}
+	stall_check_arm(ex);
+	bufferevent_set_timeouts(bev, NULL, NULL);
+	return 0;
 }
 
 static void download_release(struct exchange *ex)
@@ -250,9 +410,19 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 {
 	struct server *server = ex->server;
 
+	int restore_timeouts = ex->output_watch != NULL;
+
+	if (ex->relay != NULL && ex->streaming) {
+		/* body bytes that left, not those still queued when the end came */
+		uint64_t handed = relay_bytes_handed(ex->relay);
+		size_t queued = ex->output != NULL ? evbuffer_get_length(ex->output) : 0;
+
+		ex->bytes = (size_t)(handed > queued ? handed - queued : 0);
+	}
 	access_log_write(ex, outcome);
 	metrics_request(ex->route, ex->status);
 	client_watch_stop(ex);
+	output_watch_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
 	if (ex->streaming && !ex->relay_ended)
@@ -262,7 +432,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	download_release(ex);
 	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
-		listeners_idle(server->listeners, ex->connection);
+		listeners_idle(server->listeners, ex->connection, restore_timeouts);
 	}
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
 	/* libevent lets go of a request whose client left before its reply ended */
@@ -305,6 +475,28 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *context,
 	free(connection);
 }
 
+/*
+ * This reply is the connection's last. evhttp decides from the request's
+ * headers too: an HTTP/1.0 keep-alive request would get "Connection: keep-alive"
+ * beside our "close" (and a computed Content-Length), and a CONNECT request is
+ * never closed by it (evhttp_is_request_connection_close), so both are
+ * neutralised first. The client's unread bytes are drained before the close
+ * (listeners_linger), so the kernel does not reset the answer away.
+ */
+static void close_after_reply(struct exchange *ex)
+{
+	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
+
+	if (evhttp_find_header(headers, "Connection") != NULL)
+		return;
+	evhttp_remove_header(evhttp_request_get_input_headers(ex->req), "Connection");
+	if (ex->req->type == EVHTTP_REQ_CONNECT)
+		ex->req->type = EVHTTP_REQ_GET;
+	evhttp_add_header(headers, "Connection", "close");
+	if (ex->connection != NULL)
+		listeners_linger(ex->server->listeners, ex->connection);
+}
+
 static void reply(struct exchange *ex, int status, const char *content_type,
 		  struct evbuffer *body)
 {
@@ -316,8 +508,8 @@ static void reply(struct exchange *ex, int status, const char *content_type,
 	ex->bytes = ex->head ? 0 : length;
 	if (content_type != NULL)
 		evhttp_add_header(headers, "Content-Type", content_type);
-	if (ex->server->draining)
-		evhttp_add_header(headers, "Connection", "close");
+	if (ex->server->draining || ex->must_close)
+		close_after_reply(ex);
 	if (ex->head) {
 		/* Same headers as GET, no body: evhttp would otherwise send it. */
 		snprintf(length_text, sizeof(length_text), "%zu", length);
@@ -446,6 +638,20 @@ static void on_relay_answer(const struct cache_answer *answer, void *arg)
 	reply_answer(ex, answer);
 }
 
+static void on_relay_refused(int status, const char *code, const char *message, void *arg)
+{
+	struct exchange *ex = arg;
+
+	ex->relay_ended = 1;
+	download_release(ex);
+	client_watch_stop(ex);
+	ex->must_close = 1;
+	if (status == 426)
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Upgrade",
+				  "HTTP/1.1");
+	reply_error(ex, status, code, message);
+}
+
 static void on_relay_started(int status, void *arg)
 {
 	struct exchange *ex = arg;
@@ -455,16 +661,20 @@ static void on_relay_started(int status, void *arg)
 	ex->status = status;
 	ex->upstream_status = status;
 	ex->streaming = 1;
+	/* a 1.0 body is framed by its length; the connection is not reused after it */
+	if (ex->http10 || ex->server->draining)
+		close_after_reply(ex);
+	if (output_watch_start(ex) < 0)
+		log_warn("%s: cannot watch the download's progress", __func__);
 	metrics_download_started();
 }
 
 static void on_relay_ended(enum relay_end how, uint64_t bytes, void *arg)
 {
 	struct exchange *ex = arg;
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
 
+	(void)bytes;
 	ex->relay_ended = 1;
-	ex->bytes = (size_t)bytes;
 	download_release(ex);
 	if (how == RELAY_COMPLETE) {
 		metrics_download_finished(METRICS_DOWNLOAD_COMPLETE);
@@ -475,27 +685,22 @@ static void on_relay_ended(enum relay_end how, uint64_t bytes, void *arg)
 	ex->end_note = "upstream-failed-mid-body";
 	/*
 	 * No final chunk, or short of Content-Length: the client sees a truncated
-	 * file. What it was sent so far goes out first, then the connection closes.
+	 * file. What it was sent so far goes out first, then the connection closes
+	 * (on_output sees the queue empty; with nothing queued, that is now).
 	 */
-	if (bev != NULL && evbuffer_get_length(bufferevent_get_output(bev)) > 0)
-		ex->close_when_flushed = 1;
-	else
+	listeners_linger(ex->server->listeners, ex->connection);
+	ex->close_when_flushed = 1;
+	if (ex->closer == NULL)
 		evhttp_connection_free(ex->connection);
-}
-
-static void on_relay_flushed(void *arg)
-{
-	struct exchange *ex = arg;
-
-	if (ex->close_when_flushed)
-		evhttp_connection_free(ex->connection);
+	else if (ex->output == NULL || evbuffer_get_length(ex->output) == 0)
+		event_active(ex->closer, EV_TIMEOUT, 0);
 }
 
 static const struct relay_events relay_events = {
 	.answer = on_relay_answer,
+	.refused = on_relay_refused,
 	.started = on_relay_started,
 	.ended = on_relay_ended,
-	.flushed = on_relay_flushed,
 };
 
 /* A Range or If-Range header to forward: short printable ASCII, or absent. */
@@ -517,9 +722,10 @@ static void start_download(struct exchange *ex, const struct conf_credential *cr
 			   const struct query *q)
 {
 	struct server *server = ex->server;
-	const char *range, *if_range;
+	struct relay_request request = { .head = ex->head, .needs_length = ex->http10 };
 
-	if (range_header(ex, "Range", &range) < 0 || range_header(ex, "If-Range", &if_range) < 0) {
+	if (range_header(ex, "Range", &request.range) < 0 ||
+	    range_header(ex, "If-Range", &request.if_range) < 0) {
 		reply_error(ex, 400, "bad_request", "Range or If-Range is malformed or too long");
 		return;
 	}
@@ -530,7 +736,7 @@ static void start_download(struct exchange *ex, const struct conf_credential *cr
 		return;
 	}
 	ex->relay = relay_start(server->upstream, server->cache, server->conf, credential, q,
-				ex->req, ex->head, range, if_range, &relay_events, ex);
+				ex->req, &request, &relay_events, ex);
 	if (ex->relay == NULL) {
 		reply_error(ex, 503, "unavailable", "the upstream request could not be started");
 		return;
@@ -579,8 +785,36 @@ static int is_token(const char *text)
 /* 400 and a closed connection: the bytes after this request cannot be trusted. */
 static void reply_bad_framing(struct exchange *ex, const char *message)
 {
-	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Connection", "close");
+	ex->must_close = 1;
 	reply_error(ex, 400, "bad_request", message);
+}
+
+/*
+ * Whether the bytes after this request can be trusted, decided before any
+ * check answers it: a request with body framing (any Transfer-Encoding, a
+ * non-zero or repeated Content-Length) is followed by a body evhttp does not
+ * read for GET and HEAD, which would be taken for the next request; a CONNECT
+ * or a target that is not a single-slash path is not ours to interpret. Each is
+ * answered, whichever check refuses it first, and the connection closed.
+ */
+static int must_close(struct exchange *ex)
+{
+	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
+	const char *uri = evhttp_request_get_uri(ex->req);
+	struct evkeyval *header;
+	int lengths = 0;
+
+	if (ex->method_type == EVHTTP_REQ_CONNECT || uri == NULL || uri[0] != '/' ||
+	    uri[1] == '/')
+		return 1;
+	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next) {
+		if (strcasecmp(header->key, "Transfer-Encoding") == 0)
+			return 1;
+		if (strcasecmp(header->key, "Content-Length") == 0 &&
+		    (++lengths > 1 || strcmp(header->value, "0") != 0))
+			return 1;
+	}
+	return 0;
 }
 
 /*
@@ -613,8 +847,9 @@ static int check_framing(struct exchange *ex)
 		reply_bad_framing(ex, "a request body is not allowed");
 		return -1;
 	}
-	if (uri == NULL || uri[0] != '/') {
-		reply_bad_framing(ex, "the request target must be a path (origin-form)");
+	if (uri == NULL || uri[0] != '/' || uri[1] == '/') {
+		reply_bad_framing(ex, "the request target must be a path starting with a "
+				      "single / (origin-form)");
 		return -1;
 	}
 	return 0;
@@ -634,15 +869,29 @@ static int reject_method(struct exchange *ex)
 static int authenticate(struct exchange *ex, int *client)
 {
 	struct server *server = ex->server;
+	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
 	const char *authorization;
+	int wait;
+	char text[16];
 
 	*client = -1;
 	if (!auth_tokens_required(server->auth))
 		return 0;
+	wait = peer != NULL ? auth_failure_wait(server->auth, peer) : 0;
+	if (wait > 0) {
+		snprintf(text, sizeof(text), "%d", wait);
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After",
+				  text);
+		reply_error(ex, 429, "rate_limited",
+			    "too many requests with a bad token from this address; retry later");
+		return -1;
+	}
 	authorization = evhttp_find_header(evhttp_request_get_input_headers(ex->req),
 					   "Authorization");
 	*client = auth_client(server->auth, authorization);
 	if (*client < 0) {
+		if (peer != NULL)
+			auth_failure_record(server->auth, peer);
 		evhttp_add_header(evhttp_request_get_output_headers(ex->req),
 				  "WWW-Authenticate", "Bearer realm=\"gumloop-gateway\"");
 		reply_error(ex, 401, "unauthorized",
@@ -744,10 +993,14 @@ static void handle_request(struct exchange *ex)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
+	const char *target = evhttp_request_get_uri(ex->req);
 	int allowed;
 
-	ex->route = route_of(path);
-	copy_printable(ex->path, sizeof(ex->path), path);
+	ex->must_close = must_close(ex);
+	/* "//host/metrics" parses as an authority and the path /metrics: not routed */
+	ex->route = target != NULL && target[0] == '/' && target[1] != '/' ? route_of(path)
+									     : METRICS_ROUTE_OTHER;
+	copy_target_path(ex->path, sizeof(ex->path), target);
 	/* /metrics answers admin_allow only; everything else allow only. */
 	if (ex->route == METRICS_ROUTE_METRICS)
 		allowed = peer != NULL && auth_admin_allowed(ex->server->auth, peer);
@@ -801,21 +1054,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 		ex->owner->exchange = ex;
 	ex->method_type = method;
 	ex->head = method == EVHTTP_REQ_HEAD;
+	ex->http10 = req->major == 1 && req->minor == 0;
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
 	remember_peer(ex);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
 	handle_request(ex);
-}
-
-static void on_log_flush(evutil_socket_t fd, short what, void *arg)
-{
-	struct server *server = arg;
-
-	(void)fd;
-	(void)what;
-	if (server->access_log != NULL && fflush(server->access_log) != 0)
-		log_warn("access log: flush failed: %s", strerror(errno));
 }
 
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)
@@ -832,61 +1076,30 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void access_log_close(struct server *server)
-{
-	if (server->access_log != NULL) {
-		fflush(server->access_log);
-		if (server->access_log_owned)
-			fclose(server->access_log);
-	}
-	server->access_log = NULL;
-	server->access_log_owned = 0;
-}
-
-/* Opens conf's access log; a reload reopens it, which also serves log rotation. */
-static int access_log_open(const struct conf *conf, FILE **out, int *owned)
-{
-	*out = NULL;
-	*owned = 0;
-	if (strcmp(conf->access_log, "off") == 0)
-		return 0;
-	if (strcmp(conf->access_log, "-") == 0) {
-		*out = stderr;
-		return 0;
-	}
-	*out = fopen(conf->access_log, "ae");
-	if (*out == NULL) {
-		log_error("access_log: cannot open %s: %s", conf->access_log, strerror(errno));
-		return -1;
-	}
-	*owned = 1;
-	return 0;
-}
-
 /* Takes conf's auth, listeners and access log; on failure nothing changed. */
 static int server_apply(struct server *server, struct conf *conf)
 {
 	struct auth *auth = auth_new(conf);
-	FILE *access_log = NULL;
-	int owned = 0;
+	struct access_log *access_log = NULL;
 
 	/* Everything that can fail first; listeners_apply changes nothing if it fails. */
-	if (auth == NULL || access_log_open(conf, &access_log, &owned) < 0 ||
+	if (auth == NULL || access_log_open(conf->access_log, &access_log) < 0 ||
 	    listeners_apply(server->listeners, conf) < 0)
 		goto fail;
-	access_log_close(server);
+	/* reopened on every reload, which also serves log rotation */
+	access_log_close(server->access_log);
 	server->access_log = access_log;
-	server->access_log_owned = owned;
+	auth_carry_over(auth, server->auth);
 	auth_free(server->auth);
 	server->auth = auth;
 	if (server->cache != NULL)
 		cache_set_conf(server->cache, conf);
+	upstream_set_conf(server->upstream, conf);
 	conf_free(server->conf);
 	server->conf = conf;
 	return 0;
 fail:
-	if (owned)
-		fclose(access_log);
+	access_log_close(access_log);
 	auth_free(auth);
 	return -1;
 }
@@ -900,17 +1113,14 @@ static const struct listeners_callbacks listeners_callbacks = {
 struct server *server_new(struct event_base *base, struct conf *conf)
 {
 	struct server *server = calloc(1, sizeof(*server));
-	struct timeval flush_every = { 0, SERVER_LOG_FLUSH_MS * 1000 };
 
 	if (server == NULL)
 		return NULL;
 	server->base = base;
 	server->listeners = listeners_new(base, &listeners_callbacks, server);
-	server->upstream = upstream_new(base);
-	server->log_flush = event_new(base, -1, EV_PERSIST, on_log_flush, server);
+	server->upstream = upstream_new(base, conf);
 	server->drain_check = event_new(base, -1, 0, on_drain_check, server);
-	if (server->listeners == NULL || server->upstream == NULL || server->log_flush == NULL ||
-	    server->drain_check == NULL || event_add(server->log_flush, &flush_every) < 0)
+	if (server->listeners == NULL || server->upstream == NULL || server->drain_check == NULL)
 		goto fail;
 	server->cache = cache_new(base, server->upstream, conf);
 	if (server->cache == NULL)
@@ -947,11 +1157,9 @@ void server_free(struct server *server)
 	listeners_free(server->listeners);
 	cache_free(server->cache);
 	upstream_free(server->upstream);
-	if (server->log_flush != NULL)
-		event_free(server->log_flush);
 	if (server->drain_check != NULL)
 		event_free(server->drain_check);
-	access_log_close(server);
+	access_log_close(server->access_log);
 	auth_free(server->auth);
 	conf_free(server->conf);
 	free(server);
