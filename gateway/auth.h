@@ -10,9 +10,32 @@
 struct conf;
 struct auth;
 
+/*
+ * Failed token checks an address may make in a burst, and how many it gets back
+ * per second: beyond them its requests are refused (429) before any token is
+ * looked at, so tokens cannot be guessed at line rate.
+ */
+#define AUTH_FAILURE_BURST 10
+#define AUTH_FAILURE_RATE 1.0
+/* Addresses remembered; past it, those whose allowance is full again are dropped. */
+#define AUTH_FAILURE_MAX_ADDRESSES 10000
+
 /* Token digests for conf's clients. conf must outlive the result. NULL on error. */
 struct auth *auth_new(const struct conf *conf);
 void auth_free(struct auth *auth);
+
+/*
+ * auth replaces previous (a reload): clients whose name and rate did not change
+ * keep their rate bucket, and every address keeps its failure allowance (moved
+ * out of previous). Cannot fail.
+ */
+void auth_carry_over(struct auth *auth, struct auth *previous);
+
+/* 0 when addr may try a token now, else the seconds until it may (for Retry-After). */
+int auth_failure_wait(struct auth *auth, const struct sockaddr *addr);
+
+/* addr presented a missing or unknown token: one less try for it. */
+void auth_failure_record(struct auth *auth, const struct sockaddr *addr);
 
 /* 1 if addr may call the API (allow), resp. read /metrics (admin_allow). */
 int auth_address_allowed(const struct auth *auth, const struct sockaddr *addr);

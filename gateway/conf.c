@@ -73,6 +73,7 @@ static int set_upstream(struct setting *setting);
 static int set_duration(struct setting *setting);
 static int set_count(struct setting *setting);
 static int set_secret(struct setting *setting);
+static int set_token(struct setting *setting);
 static int set_credential_kind(struct setting *setting);
 static int set_credential_names(struct setting *setting);
 static int set_rate(struct setting *setting);
@@ -108,6 +109,10 @@ static const struct conf_key keys[] = {
 	       0),
 	GLOBAL("upstream_idle_timeout", set_duration, upstream_idle_timeout_ms, 1,
 	       HOUR_MS, "60s", 0),
+	GLOBAL("upstream_max_connections", set_count, upstream_max_connections, 1, 100000,
+	       "64", 0),
+	GLOBAL("upstream_keepalive_timeout", set_duration, upstream_keepalive_timeout_ms,
+	       1000, HOUR_MS, "60s", 0),
 	GLOBAL("cache_pending_ttl", set_duration, cache_pending_ttl_ms, 0, DAY_MS, "2s",
 	       0),
 	GLOBAL("cache_final_ttl", set_duration, cache_final_ttl_ms, 0, DAY_MS, "60s", 0),
@@ -124,7 +129,7 @@ static const struct conf_key keys[] = {
 	CREDENTIAL("user_id", set_secret, user_id, NULL, KEY_REQUIRED),
 	CREDENTIAL("api_key", set_secret, api_key, NULL, KEY_REQUIRED),
 	CREDENTIAL("kind", set_credential_kind, kind, "personal", 0),
-	CLIENT("token", set_secret, token, KEY_REQUIRED),
+	CLIENT("token", set_token, token, KEY_REQUIRED),
 	CLIENT("credentials", set_credential_names, credentials, KEY_REQUIRED),
 	CLIENT("rate", set_rate, rate_per_second, 0),
 };
@@ -836,6 +841,24 @@ static int set_secret(struct setting *setting)
 		log_warn("%s:%d: %s: secret file %s is readable by group or others",
 			 parser->path, setting->line, setting->key->name,
 			 setting->value + 5);
+	return 0;
+}
+
+/*
+ * A client token is the only thing between the network and the gateway's
+ * credential: a short one could be guessed, so 16 bytes is the least taken.
+ */
+static int set_token(struct setting *setting)
+{
+	char **field = setting->field;
+
+	if (set_secret(setting) < 0)
+		return -1;
+	if (strlen(*field) < CONF_MIN_TOKEN_BYTES) {
+		snprintf(setting->why, sizeof(setting->why),
+			 "a token must be at least %d bytes long", CONF_MIN_TOKEN_BYTES);
+		return -1;
+	}
 	return 0;
 }
 

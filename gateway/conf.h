@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 
 #define CONF_MAX_SECRET_BYTES 4096 /* a secret file larger than this is an error */
+#define CONF_MIN_TOKEN_BYTES 16	   /* shorter client tokens are refused */
 
 enum conf_credential_kind {
 	CONF_CREDENTIAL_PERSONAL, /* Bearer api_key + x-auth-key: user_id */
@@ -63,6 +64,7 @@ struct conf {
 	/* durations, in milliseconds */
 	int64_t upstream_timeout_ms;	  /* 30s */
 	int64_t upstream_idle_timeout_ms; /* 60s */
+	int64_t upstream_keepalive_timeout_ms; /* 60s: idle pooled connections closed */
 	int64_t cache_pending_ttl_ms;	  /* 2s */
 	int64_t cache_final_ttl_ms;	  /* 60s */
 	int64_t cache_error_ttl_ms;	  /* 1s */
@@ -73,6 +75,7 @@ struct conf {
 	int64_t cache_max_entries; /* 100000 */
 	int64_t max_connections;   /* 10000 */
 	int64_t max_downloads;	   /* 256 */
+	int64_t upstream_max_connections; /* 64: status calls at once; more queue */
 
 	char *access_log; /* "-" (stderr), "off", or a path */
 

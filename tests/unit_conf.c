@@ -193,9 +193,9 @@ static void test_full_valid_file(void **state)
 	write_text(key, sizeof(key), "server.key", "key\n");
 	write_text(ca, sizeof(ca), "ca.pem", "ca\n");
 	write_text(api_key, sizeof(api_key), "api.key", "k-from-file\n");
-	write_text(token, sizeof(token), "reports.token", "t-reports\r\n");
+	write_text(token, sizeof(token), "reports.token", "t-reports-0123456789\r\n");
 	setenv("UNIT_CONF_USER", "u-from-env", 1);
-	setenv("UNIT_CONF_TOKEN", "t-from-env", 1);
+	setenv("UNIT_CONF_TOKEN", "t-from-env-0123456789", 1);
 	conf = load(err,
 		    "; every key\n"
 		    "listen = 127.0.0.1:8080\n"
@@ -232,7 +232,7 @@ static void test_full_valid_file(void **state)
 		    "api_key = bot-key\n"
 		    "kind = oauth\n"
 		    "[client slow]\n"
-		    "token = slow-token\n"
+		    "token = slow-token-0123456789\n"
 		    "credentials = main\n"
 		    "rate = 30/m\n"
 		    "[client free]\n"
@@ -294,20 +294,20 @@ static void test_full_valid_file(void **state)
 	assert_int_equal(conf->client_count, 3);
 	client = &conf->clients[0];
 	assert_string_equal(client->name, "reports");
-	assert_string_equal(client->token, "t-reports");
+	assert_string_equal(client->token, "t-reports-0123456789");
 	assert_int_equal(client->credential_count, 2);
 	assert_int_equal(client->credentials[0], 1);
 	assert_int_equal(client->credentials[1], 0);
 	assert_true(client->rate_per_second == 20.0);
 	client = &conf->clients[1];
 	assert_string_equal(client->name, "slow");
-	assert_string_equal(client->token, "slow-token");
+	assert_string_equal(client->token, "slow-token-0123456789");
 	assert_int_equal(client->credential_count, 1);
 	assert_int_equal(client->credentials[0], 0);
 	assert_true(client->rate_per_second == 0.5);
 	client = &conf->clients[2];
 	assert_string_equal(client->name, "free");
-	assert_string_equal(client->token, "t-from-env");
+	assert_string_equal(client->token, "t-from-env-0123456789");
 	assert_int_equal(client->credential_count, 1);
 	assert_int_equal(client->credentials[0], 1);
 	assert_true(client->rate_per_second == 0.0);
@@ -444,7 +444,7 @@ static void test_unknown_key(void **state)
 	assert_int_equal(load_fails(err, "listen = 127.0.0.1:1\n"
 					 "cache_ttl = 5s\n" CREDENTIAL "colour = blue\n"
 					 "upstream = https://example.com\n"
-					 "[client c]\ntoken = t\ncredentials = main\n"
+					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
 					 "Token = x\n"),
 			 4);
 	assert_error(err, 2, "cache_ttl: unknown key");
@@ -508,7 +508,7 @@ static void test_bad_numbers(void **state)
 	assert_int_equal(load_fails(err, "cache_max_entries = 0\n"
 					 "max_connections = 1000001\n"
 					 "max_downloads = 10k\n"
-					 "[client c]\ntoken = t\ncredentials = main\n"
+					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
 					 "rate = 0/s\n" CREDENTIAL),
 			 4);
 	assert_error(err, 1,
@@ -520,9 +520,9 @@ static void test_bad_numbers(void **state)
 	assert_int_equal(load_fails(err, "max_downloads = 100001\n"
 					 "cache_max_entries = -5\n"
 					 "max_connections = 18446744073709551616\n"
-					 "[client c]\ntoken = t\ncredentials = main\n"
+					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
 					 "rate = 20/h\n" CREDENTIAL
-					 "[client d]\ntoken = u\ncredentials = main\n"
+					 "[client d]\ntoken = u-0123456789abcdef\ncredentials = main\n"
 					 "rate = 20\n"),
 			 5);
 	assert_error(err, 1, "max_downloads: ");
@@ -580,7 +580,7 @@ static void test_client_credentials(void **state)
 
 	(void)state;
 	assert_int_equal(load_fails(err, "[client c]\n"
-					 "token = t\n"
+					 "token = t-0123456789abcdef\n"
 					 "credentials = main nope,main\n" CREDENTIAL
 					 "[client d]\n"),
 			 4);
@@ -655,11 +655,28 @@ static void test_duplicates(void **state)
 
 	assert_int_equal(
 		load_fails(err, CREDENTIAL
-			   "[client a]\ntoken = shared-token-1\ncredentials = main\n"
-			   "[client b]\ncredentials = main\ntoken = shared-token-1\n"),
+			   "[client a]\ntoken = shared-token-000001\ncredentials = main\n"
+			   "[client b]\ncredentials = main\ntoken = shared-token-000001\n"),
 		1);
 	assert_error(err, 9, "token: same token as [client a]");
-	assert_true(strstr(err, "shared-token-1") == NULL);
+	assert_true(strstr(err, "shared-token-000001") == NULL);
+}
+
+static void test_short_token_refused(void **state)
+{
+	char err[ERR_SIZE];
+
+	(void)state;
+	assert_int_equal(load_fails(err, CREDENTIAL
+				    "[client a]\ntoken = fifteen-bytes-x\ncredentials = main\n"),
+			 1);
+	assert_error(err, 5, "token: a token must be at least 16 bytes long");
+	assert_true(strstr(err, "fifteen-bytes-x") == NULL);
+	assert_int_equal(load_fails(err, CREDENTIAL
+				    "[client a]\ntoken = sixteen-bytes-xx\ncredentials = main\n"
+				    "[client b]\ntoken = short\ncredentials = main\n"),
+			 1);
+	assert_error(err, 8, "token: a token must be at least 16 bytes long");
 }
 
 static void test_line_too_long(void **state)
@@ -703,7 +720,7 @@ static void test_several_errors_sorted(void **state)
 	assert_int_equal(load_fails(err, "listen = [::1]:443 tls\n"
 					 "bogus = 1\n"
 					 "[client c]\n"
-					 "token = t\n"
+					 "token = t-0123456789abcdef\n"
 					 "credentials = nobody\n"
 					 "max_downloads = 0\n"),
 			 6);
@@ -1214,6 +1231,7 @@ int main(void)
 		cmocka_unit_test(test_tls_needs_cert_and_key),
 		cmocka_unit_test(test_upstream),
 		cmocka_unit_test(test_duplicates),
+		cmocka_unit_test(test_short_token_refused),
 		cmocka_unit_test(test_line_too_long),
 		cmocka_unit_test(test_syntax_error),
 		cmocka_unit_test(test_several_errors_sorted),
