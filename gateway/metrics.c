@@ -30,6 +30,7 @@ static struct {
 	int64_t connections_open;
 	uint64_t reloads_ok;
 	uint64_t reloads_failed;
+	uint64_t access_log_dropped;
 } counters;
 
 static const char *const route_names[METRICS_ROUTE_COUNT] = {
@@ -105,6 +106,11 @@ void metrics_reload(int ok)
 		counters.reloads_ok++;
 	else
 		counters.reloads_failed++;
+}
+
+void metrics_access_log_dropped(void)
+{
+	counters.access_log_dropped++;
 }
 
 static int family(struct evbuffer *out, const char *name, const char *type, const char *help)
@@ -209,6 +215,11 @@ static int render_downloads_and_process(struct evbuffer *out)
 			  "gumloop_gateway_config_reloads_total{result=\"failed\"} %llu\n",
 			  (unsigned long long)counters.reloads_ok,
 			  (unsigned long long)counters.reloads_failed) < 0;
+	failed |= family(out, "gumloop_gateway_access_log_dropped_total", "counter",
+			 "Access log lines dropped because the log could not be written fast "
+			 "enough.") < 0;
+	failed |= evbuffer_add_printf(out, "gumloop_gateway_access_log_dropped_total %llu\n",
+				      (unsigned long long)counters.access_log_dropped) < 0;
 	return failed ? -1 : 0;
 }
 

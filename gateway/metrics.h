@@ -44,6 +44,8 @@ void metrics_download_bytes(uint64_t bytes);
 void metrics_connection_opened(void);
 void metrics_connection_closed(void);
 void metrics_reload(int ok);
+/* An access log line was dropped: its writer is behind by a whole buffer. */
+void metrics_access_log_dropped(void);
 
 /* Appends the whole exposition to out. 0, or -1 when out of memory. */
 int metrics_render(struct evbuffer *out);

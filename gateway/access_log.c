@@ -1,0 +1,184 @@
+/*
+ * access_log.c -- a byte queue between the loop and one writer thread. The loop
+ * appends under a mutex (a memcpy); the writer swaps the queue for an empty one
+ * and writes it out, at most PIPE_BUF bytes at a time cut at line ends, so lines
+ * on a shared pipe (stderr under systemd) are never interleaved with others.
+ */
+#include "access_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+
+struct access_log {
+	int fd;
+	int owned; /* ours to close (not stderr) */
+	pthread_t writer;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	char *queue; /* ACCESS_LOG_BUFFER_BYTES; lines waiting */
+	size_t queued;
+	int stopping;
+	int write_failed; /* reported once */
+};
+
+/* Writes all of data, a line-ended piece of at most PIPE_BUF at a time. */
+static int write_lines(int fd, const char *data, size_t length)
+{
+	while (length > 0) {
+		size_t piece = length;
+		ssize_t n;
+
+		if (piece > PIPE_BUF) {
+			const char *end = memrchr(data, '\n', PIPE_BUF);
+
+			piece = end != NULL ? (size_t)(end - data) + 1 : PIPE_BUF;
+		}
+		n = write(fd, data, piece);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		data += n;
+		length -= (size_t)n;
+	}
+	return 0;
+}
+
+static void *writer_main(void *arg)
+{
+	struct access_log *log = arg;
+	char *batch = malloc(ACCESS_LOG_BUFFER_BYTES);
+	int stopping = 0, failed;
+
+	/* cancellable only inside write(), never holding the lock */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+	if (batch == NULL)
+		return NULL;
+	pthread_cleanup_push(free, batch);
+	while (!stopping) {
+		struct timespec until;
+		size_t length;
+
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += ACCESS_LOG_FLUSH_MS / 1000;
+		pthread_mutex_lock(&log->lock);
+		while (log->queued == 0 && !log->stopping &&
+		       pthread_cond_timedwait(&log->wake, &log->lock, &until) == 0)
+			;
+		length = log->queued;
+		memcpy(batch, log->queue, length);
+		log->queued = 0;
+		stopping = log->stopping;
+		pthread_mutex_unlock(&log->lock);
+		/* written outside the lock: the loop goes on appending meanwhile */
+		if (length == 0)
+			continue;
+		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+		failed = write_lines(log->fd, batch, length) < 0;
+		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+		if (failed && !log->write_failed) {
+			log->write_failed = 1;
+			log_warn("access log: write failed: %s; lines are lost", strerror(errno));
+		}
+	}
+	pthread_cleanup_pop(1);
+	return NULL;
+}
+
+int access_log_open(const char *target, struct access_log **out)
+{
+	struct access_log *log;
+
+	*out = NULL;
+	if (strcmp(target, "off") == 0)
+		return 0;
+	log = calloc(1, sizeof(*log));
+	if (log == NULL || (log->queue = malloc(ACCESS_LOG_BUFFER_BYTES)) == NULL)
+		goto fail;
+	if (strcmp(target, "-") == 0) {
+		log->fd = STDERR_FILENO;
+	} else {
+		log->fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (log->fd < 0) {
+			log_error("access_log: cannot open %s: %s", target, strerror(errno));
+			goto fail;
+		}
+		log->owned = 1;
+	}
+	if (pthread_mutex_init(&log->lock, NULL) != 0)
+		goto fail;
+	if (pthread_cond_init(&log->wake, NULL) != 0) {
+		pthread_mutex_destroy(&log->lock);
+		goto fail;
+	}
+	if (pthread_create(&log->writer, NULL, writer_main, log) != 0) {
+		log_error("access_log: cannot start the writer thread");
+		pthread_cond_destroy(&log->wake);
+		pthread_mutex_destroy(&log->lock);
+		goto fail;
+	}
+	*out = log;
+	return 0;
+fail:
+	if (log != NULL && log->owned)
+		close(log->fd);
+	if (log != NULL)
+		free(log->queue);
+	free(log);
+	return -1;
+}
+
+void access_log_append(struct access_log *log, const char *line, size_t length)
+{
+	int dropped = 0;
+
+	if (log == NULL)
+		return;
+	pthread_mutex_lock(&log->lock);
+	if (log->queued + length <= ACCESS_LOG_BUFFER_BYTES) {
+		memcpy(log->queue + log->queued, line, length);
+		log->queued += length;
+		if (log->queued >= ACCESS_LOG_BUFFER_BYTES / 4)
+			pthread_cond_signal(&log->wake);
+	} else {
+		dropped = 1;
+	}
+	pthread_mutex_unlock(&log->lock);
+	if (dropped)
+		metrics_access_log_dropped();
+}
+
+void access_log_close(struct access_log *log)
+{
+	struct timespec until;
+
+	if (log == NULL)
+		return;
+	pthread_mutex_lock(&log->lock);
+	log->stopping = 1;
+	pthread_cond_signal(&log->wake);
+	pthread_mutex_unlock(&log->lock);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += ACCESS_LOG_FLUSH_MS / 1000;
+	if (pthread_timedjoin_np(log->writer, NULL, &until) != 0) {
+		/* stuck in write(), a cancellation point: nothing of it is needed any more */
+		log_warn("access log: the writer is stuck; dropping what is queued");
+		pthread_cancel(log->writer);
+		pthread_join(log->writer, NULL);
+	}
+	pthread_cond_destroy(&log->wake);
+	pthread_mutex_destroy(&log->lock);
+	if (log->owned && close(log->fd) != 0)
+		log_warn("access log: close: %s", strerror(errno));
+	free(log->queue);
+	free(log);
+}

@@ -1,0 +1,37 @@
+/*
+ * access_log.h -- the access log: one line per request, handed to a writer
+ * thread so a slow disk or a pipe nobody reads (journald stuck, a full FIFO)
+ * never stalls the event loop. What the request line is made of is the
+ * server's; this module only moves finished lines to their file.
+ */
+#ifndef GATEWAY_ACCESS_LOG_H
+#define GATEWAY_ACCESS_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Lines waiting for the writer, at most; beyond it new lines are dropped and counted. */
+#define ACCESS_LOG_BUFFER_BYTES (1024 * 1024)
+/* The writer writes at least this often (lines reach the file within it). */
+#define ACCESS_LOG_FLUSH_MS 1000
+
+struct access_log;
+
+/*
+ * target is "-" (stderr), "off" or a path (opened for appending, created 0640).
+ * Returns 0 with *log set (NULL for "off"), or -1 (logged) when the file cannot
+ * be opened or the writer thread cannot start.
+ */
+int access_log_open(const char *target, struct access_log **log);
+
+/*
+ * Writes what is queued and stops the writer: waits up to ACCESS_LOG_FLUSH_MS for
+ * it, then gives up on the rest (a writer stuck on a full pipe is cancelled).
+ * NULL is allowed.
+ */
+void access_log_close(struct access_log *log);
+
+/* Queues one line (its newline included). Never blocks on I/O. NULL: off. */
+void access_log_append(struct access_log *log, const char *line, size_t length);
+
+#endif
