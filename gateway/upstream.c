@@ -93,6 +93,8 @@ struct upstream_call {
 	struct event *tls_drain;  /* records read ahead are waiting: read on */
 	curl_socket_t socket;	  /* from socket_cb, or BAD: CURLINFO_ACTIVESOCKET is -1
 				     until a transfer is done (curl 7.88) */
+	SSL *ssl; /* the connection's, as last seen while attached: CURLINFO_TLS_SSL_PTR
+		     is NULL once the transfer is done; valid while libcurl keeps it */
 	struct timeval idle_timeout;
 	upstream_done_cb done;
 	void *arg;
@@ -174,7 +176,6 @@ static void idle_watch(struct upstream_call *call)
 	curl_socket_t fd = CURL_SOCKET_BAD;
 	struct upstream_socket *busy = NULL;
 	struct idle_connection *idle;
-	SSL *ssl = call_ssl(call);
 	ssize_t peeked;
 	char byte;
 
@@ -191,7 +192,8 @@ static void idle_watch(struct upstream_call *call)
 		return;
 	idle_forget(upstream, fd);
 	peeked = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-	if ((ssl != NULL && SSL_has_pending(ssl)) || peeked >= 0) {
+	/* a live fd from ACTIVESOCKET: the connection, and so call->ssl, still exist */
+	if ((call->ssl != NULL && SSL_has_pending(call->ssl)) || peeked >= 0) {
 		if (peeked == 0)
 			log_debug("upstream closed a connection after its answer");
 		else
@@ -583,6 +585,8 @@ static void tls_check(struct upstream_call *call)
 {
 	SSL *ssl = call_ssl(call);
 
+	if (ssl != NULL)
+		call->ssl = ssl;
 	if (ssl != NULL && SSL_pending(ssl) == 0 && SSL_has_pending(ssl))
 		event_active(call->tls_drain, EV_READ, 0);
 }
@@ -818,15 +822,15 @@ static char *status_url(CURL *easy, const char *base, const struct conf_credenti
 
 /*
  * How long libcurl may keep its parsed CA bundle: never from before the last
- * reload, so a bundle replaced under the same path is read again at once.
- * (libcurl reloads when the cached copy is older than this.)
+ * reload, so a bundle replaced under the same path is read again. libcurl
+ * drops a cached copy older than this many whole seconds; in the first second
+ * after a reload 0 makes it read the bundle for every new connection (and
+ * cache none), after that the copy from before the reload is always older.
  */
 static long ca_cache_seconds(const struct upstream *upstream)
 {
 	int64_t since = (now_ms() - upstream->applied_ms) / 1000;
 
-	if (since < 1)
-		return 1;
 	return since < UPSTREAM_CA_CACHE_SECONDS ? (long)since : UPSTREAM_CA_CACHE_SECONDS;
 }
 
@@ -890,8 +894,11 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	SETOPT(easy, CURLOPT_FOLLOWLOCATION, 0L);
 	SETOPT(easy, CURLOPT_SSL_VERIFYPEER, 1L);
 	SETOPT(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (conf->upstream_ca != NULL)
+	if (conf->upstream_ca != NULL) {
 		SETOPT(easy, CURLOPT_CAINFO, conf->upstream_ca);
+		/* only that bundle: Debian's libcurl also trusts /etc/ssl/certs by default */
+		SETOPT(easy, CURLOPT_CAPATH, NULL);
+	}
 	SETOPT(easy, CURLOPT_CA_CACHE_TIMEOUT, ca_cache_seconds(call->upstream));
 	SETOPT(easy, CURLOPT_MAXAGE_CONN, (long)(conf->upstream_keepalive_timeout_ms / 1000));
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
