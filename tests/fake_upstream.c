@@ -756,6 +756,23 @@ fake_connection_notice_close(struct evhttp_connection *evcon)
 	return bufferevent_enable(bev, EV_READ);
 }
 
+/*
+ * Bytes written past evhttp must not wake its write callback: it would call the
+ * drain callback an earlier reply on this kept-alive connection left behind
+ * (evhttp never clears it), with an exchange long freed.
+ */
+static void
+fake_connection_forget_writes(struct evhttp_connection *evcon)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+	bufferevent_data_cb readcb, writecb;
+	bufferevent_event_cb eventcb;
+	void *cbarg;
+
+	bufferevent_getcb(bev, &readcb, &writecb, &eventcb, &cbarg);
+	bufferevent_setcb(bev, readcb, NULL, eventcb, cbarg);
+}
+
 static void
 fake_exchange_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
@@ -1233,6 +1250,7 @@ fake_raw_start(struct fake_exchange *ex)
 		fake_exchange_reply_json(ex, 500, "{\"error\":\"out of memory\"}");
 		return;
 	}
+	fake_connection_forget_writes(ex->evcon);
 	ex->raw_trickle = raw->trickle;
 	ex->raw_every_ms = raw->every_ms;
 	ex->raw_after = raw->after;

@@ -384,4 +384,7 @@ class TempDir:
         self.path = tempfile.mkdtemp(prefix=prefix)
 
     def cleanup(self):
+        if os.environ.get("GWTEST_KEEP"):  # logs and configs kept for a post-mortem
+            print("# kept " + self.path, flush=True)
+            return
         shutil.rmtree(self.path, ignore_errors=True)
