@@ -81,6 +81,118 @@ class TestClients(GatewayCase):
         self.assertNotIn(CLIENT_TOKEN, self.gw.logs())
 
 
+class TestAuthAcrossReloads(unittest.TestCase):
+    def test_rate_buckets_of_unchanged_clients_survive_a_reload(self):
+        port = free_port()
+        sections = client_sections(rate="1/s")
+        gw = Gateway(state["tmp"].path, ini(base_settings(port), sections), name="bucketreload",
+                     env=ENV, port=port)
+        try:
+            codes = [gw.request("GET", q("b;states=REQUESTED"), READS)[0] for _ in range(4)]
+            self.assertEqual(codes.count(429), 2, codes)  # burst 2 at 1/s
+            gw.reload(expect="is in force")  # the same config: the bucket stays empty
+            self.assertEqual(gw.request("GET", q("b;states=REQUESTED"), READS)[0], 429)
+            gw.reload(ini(base_settings(port), client_sections(rate="2/s")),
+                      expect="is in force")  # a new rate: a new, full bucket
+            self.assertEqual(gw.request("GET", q("b;states=REQUESTED"), READS)[0], 200)
+        finally:
+            self.assertEqual(gw.stop(), 0)
+
+    def test_bad_tokens_are_limited_per_address(self):
+        port = free_port()
+        gw = Gateway(state["tmp"].path, ini(base_settings(port), client_sections()),
+                     name="guessing", env=ENV, port=port)
+        try:
+            bad = {"Authorization": "Bearer guess-0000000000000000"}
+            codes = [gw.request("GET", q("g;states=REQUESTED"), bad)[0] for _ in range(30)]
+            self.assertEqual(codes[:10], [401] * 10)
+            self.assertEqual(set(codes[10:]), {429}, codes)
+            status, headers, body = gw.request("GET", q("g;states=REQUESTED"), READS)
+            self.assertEqual((status, json.loads(body)["error"]), (429, "rate_limited"))
+            self.assertGreaterEqual(int(headers["retry-after"]), 1)
+            # another address is not held back
+            with socket.socket() as s:
+                s.bind(("127.0.0.3", 0))
+                s.settimeout(5)
+                s.connect(("127.0.0.1", port))
+                s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                           "Connection: close\r\n\r\n" % (q("g;states=REQUESTED"),
+                                                            CLIENT_TOKEN)).encode())
+                self.assertTrue(s.recv(100).startswith(b"HTTP/1.1 200"))
+            gw.reload(expect="is in force")  # the allowance survives a reload too
+            self.assertEqual(gw.request("GET", q("g;states=REQUESTED"), READS)[0], 429)
+            time.sleep(2.2)  # one try back per second
+            self.assertEqual(gw.request("GET", q("g;states=REQUESTED"), READS)[0], 200)
+        finally:
+            self.assertEqual(gw.stop(), 0)
+
+    def test_short_token_refused_at_load(self):
+        port = free_port()
+        text = ini(base_settings(port), client_sections(token_spec="only-15-bytes-x"))
+        path = os.path.join(state["tmp"].path, "shorttoken.conf")
+        with open(path, "w") as f:
+            f.write(text)
+        result = gwtest.subprocess.run([gwtest.GATEWAY_BIN, "-t", "-c", path], env=dict(
+            os.environ, **ENV), capture_output=True, text=True)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("token: a token must be at least 16 bytes long", result.stderr)
+        self.assertNotIn("only-15-bytes-x", result.stderr)
+
+
+class TestCaReload(unittest.TestCase):
+    def test_ca_bundle_replaced_under_the_same_path_takes_effect_on_sighup(self):
+        # libcurl keeps a parsed bundle for 24 hours (CURLOPT_CA_CACHE_TIMEOUT):
+        # after a reload it must be read again, or the old CA goes on verifying
+        tmp = state["tmp"].path
+        other = state["other_ca"]
+        fake = gwtest.Fake(other, tmp, [("personal", PERSONAL_KEY, PERSONAL_USER)],
+                           name="fake-otherca")
+        bundle = os.path.join(tmp, "rotating-ca.pem")
+        with open(state["ca"].ca_cert, "rb") as src, open(bundle, "wb") as dst:
+            dst.write(src.read())
+        port = free_port()
+        gw = Gateway(tmp, ini(base_settings(port, upstream_ca=bundle), credentials()),
+                     name="careload", env=ENV, port=port)
+        try:
+            self.assertEqual(gw.request("GET", q("ca1;states=REQUESTED"))[0], 200)
+            with open(other.ca_cert, "rb") as src, open(bundle, "wb") as dst:
+                dst.write(src.read())
+            # the other fake's certificate is only trusted by the new bundle
+            gw.reload(ini(base_settings(port, upstream=fake.url, upstream_ca=bundle),
+                          credentials()), expect="is in force")
+            status, _, body = gw.request("GET", q("ca2;states=REQUESTED"))
+            self.assertEqual(status, 200, body)
+        finally:
+            fake.stop()
+            self.assertEqual(gw.stop(), 0)
+
+
+class TestAccessLogNeverStalls(unittest.TestCase):
+    def test_a_fifo_nobody_reads_does_not_stop_serving(self):
+        tmp = state["tmp"].path
+        fifo = os.path.join(tmp, "access.fifo")
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # open, never read
+        try:
+            gw = start_gateway("fifolog", access_log=fifo)
+            try:
+                conn = gw.connection(timeout=5)
+                started = time.monotonic()
+                for i in range(3000):  # ~300 KB of log lines; a pipe holds 64 KiB
+                    conn.request("GET", "/healthz?pad=" + "p" * 60)
+                    resp = conn.getresponse()
+                    resp.read()
+                    self.assertEqual(resp.status, 200)
+                conn.close()
+                self.assertLess(time.monotonic() - started, 30)
+                samples = metrics(gw)[0]
+                self.assertIn("gumloop_gateway_access_log_dropped_total", samples)
+            finally:
+                self.assertEqual(gw.stop(), 0)
+        finally:
+            os.close(reader)
+
+
 class TestTokenRotation(unittest.TestCase):
     def test_sighup_rotates_the_token_without_dropping_connections(self):
         tmp = state["tmp"].path
