@@ -368,11 +368,13 @@ class TestEarlyRefusalsClose(IntegrityCase):
             self.assertEqual(gw.stop(), 0)
 
     def test_uri_and_header_size_refusals_with_a_body(self):
+        # HEAD: evhttp leaves its body unread (it reads a GET's), so it would be
+        # taken for the next request
         body = self.SMUGGLED
-        long_uri = b"GET /export_status?data_export_id=" + b"i" * 9000 + b" HTTP/1.1\r\n"
+        long_uri = b"HEAD /export_status?data_export_id=" + b"i" * 9000 + b" HTTP/1.1\r\n"
         self.refused_and_closed(long_uri + b"Host: x\r\nContent-Length: %d\r\n\r\n" % len(body) +
                                 body, expect=b"HTTP/1.1 414")
-        big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"h" * 17000 + b"\r\n"
+        big = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"h" * 17000 + b"\r\n"
         self.refused_and_closed(big + b"Content-Length: %d\r\n\r\n" % len(body) + body,
                                 expect=b"HTTP/1.1 431")
         self.refused_and_closed(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
@@ -415,14 +417,15 @@ class TestFailuresThatHung(IntegrityCase):
                      max_downloads="1")
 
     def test_failure_in_the_same_turn_as_the_headers_closes_at_once(self):
-        data = head("HTTP/1.1 200 OK", [("Content-Type", "text/csv"),
-                                        ("Content-Length", "1000")], b"b" * 10)
-        started = time.monotonic()
-        sock, resp = raw_get(self.gw.port, q(raw_id(data), download="true"))
-        body, complete = resp.read_all()
-        sock.close()
-        self.assertEqual((resp.status, body, complete), (200, b"b" * 10, False))
-        self.assertLess(time.monotonic() - started, 1.5 * gwtest.SLACK)
+        for sent in (b"", b"b" * 10):  # with no body byte, no drain callback was armed
+            data = head("HTTP/1.1 200 OK", [("Content-Type", "text/csv"),
+                                            ("Content-Length", "1000")], sent)
+            started = time.monotonic()
+            sock, resp = raw_get(self.gw.port, q(raw_id(data), download="true"))
+            body, complete = resp.read_all()
+            sock.close()
+            self.assertEqual((resp.status, body, complete), (200, sent, False))
+            self.assertLess(time.monotonic() - started, 1.5 * gwtest.SLACK)
 
     def check_slow_head(self, data, every):
         started = time.monotonic()
