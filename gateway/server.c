@@ -276,6 +276,17 @@ static void client_watch_start(struct exchange *ex)
 	if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
 		kind |= EV_CLOSED;
 	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
+	if (ex->client_watch != NULL && event_add(ex->client_watch, NULL) == 0)
+		return;
+	/*
+	 * libevent refuses an edge-triggered event beside a level-triggered one on
+	 * the same socket (a TLS bufferevent may keep one): a FIN is still seen.
+	 */
+	client_watch_stop(ex);
+	kind &= ~(EV_ET | EV_READ);
+	ex->client_watch = kind & EV_CLOSED ? event_new(ex->server->base, fd, kind,
+							  on_client_watch, ex)
+					    : NULL;
 	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
 		log_warn("%s: cannot watch the client connection", __func__);
 		client_watch_stop(ex);

@@ -12,6 +12,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -286,6 +287,23 @@ class TestTls(unittest.TestCase):
         self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
         self.assertTrue("GCM" in cipher[0] or "CHACHA20" in cipher[0], cipher)
         self.assertEqual(self.gw.request("GET", "/healthz")[0], 200)  # plain listener too
+
+    def test_client_leaving_while_waiting_over_tls_aborts_upstream(self):
+        fake = state["fake"]
+        context = ssl.create_default_context(cafile=state["ca"].ca_cert)
+        for how in ("close", "reset"):
+            before = fake.stats()["client_aborts"]
+            raw = socket.create_connection(("127.0.0.1", self.tls_port), timeout=5)
+            sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
+            sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" %
+                          q("tlsgone-%s;states=REQUESTED;delay=5000" % how)).encode())
+            time.sleep(0.3)
+            if how == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            wait_for(lambda: fake.stats()["client_aborts"] > before, timeout=2 * gwtest.SLACK,
+                     what="the upstream call to be aborted after a TLS client's " + how)
+        self.assertNotIn("cannot watch the client connection", self.gw.logs())
 
     def test_old_protocols_refused(self):
         import warnings
