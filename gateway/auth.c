@@ -43,6 +43,12 @@ static double now_seconds(void)
 	return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
+/* Twice the rate per second, but at least one request (a rate of 20/m is 0.67/s). */
+static double bucket_burst(double rate)
+{
+	return 2 * rate < 1 ? 1 : 2 * rate;
+}
+
 /* The bucket previous kept for a client of this name and rate, or NULL. */
 static const struct bucket *kept_bucket(const struct auth *previous,
 					const struct conf_client *client)
@@ -78,7 +84,7 @@ struct auth *auth_new(const struct conf *conf)
 		const char *token = conf->clients[i].token;
 
 		SHA256((const unsigned char *)token, strlen(token), auth->token_digests[i]);
-		auth->buckets[i].tokens = 2 * conf->clients[i].rate_per_second;
+		auth->buckets[i].tokens = bucket_burst(conf->clients[i].rate_per_second);
 		auth->buckets[i].last = now_seconds();
 	}
 	return auth;
@@ -224,7 +230,7 @@ int auth_rate_take(struct auth *auth, int client)
 
 	if (client < 0 || (rate = auth->conf->clients[client].rate_per_second) <= 0)
 		return 0;
-	return bucket_take(&auth->buckets[client], rate, 2 * rate, 1);
+	return bucket_take(&auth->buckets[client], rate, bucket_burst(rate), 1);
 }
 
 int auth_address_allowed(const struct auth *auth, const struct sockaddr *addr)

