@@ -9,7 +9,9 @@
 
 #include "upstream.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,9 +58,10 @@ struct upstream_pool {
  */
 struct idle_connection {
 	curl_socket_t fd; /* hash key */
+	uint32_t ports;	  /* local port << 16 | remote port: the key of by_ports */
 	struct upstream *upstream;
 	struct event *watch; /* readable, or idle for upstream_keepalive_timeout */
-	UT_hash_handle hh;
+	UT_hash_handle hh, by_ports;
 };
 
 struct upstream {
@@ -67,6 +70,7 @@ struct upstream {
 	struct upstream_call *calls; /* every running call, for cancel-all */
 	struct upstream_socket *watched; /* sockets libcurl waits on, by fd */
 	struct idle_connection *idle;
+	struct idle_connection *idle_by_ports; /* the same, found from prereq_cb */
 	struct timeval keepalive;
 	int64_t applied_ms; /* when the config (and its CA bundle) was applied */
 };
@@ -137,8 +141,32 @@ static void idle_forget(struct upstream *upstream, curl_socket_t fd)
 	if (idle == NULL)
 		return;
 	HASH_DEL(upstream->idle, idle);
+	if (idle->ports != 0)
+		HASH_DELETE(by_ports, upstream->idle_by_ports, idle);
 	event_free(idle->watch);
 	free(idle);
+}
+
+/* local port << 16 | remote port of a connected socket, or 0. */
+static uint32_t socket_ports(curl_socket_t fd)
+{
+	struct sockaddr_storage local, remote;
+	socklen_t local_length = sizeof(local), remote_length = sizeof(remote);
+	unsigned local_port, remote_port;
+
+	if (getsockname(fd, (struct sockaddr *)&local, &local_length) != 0 ||
+	    getpeername(fd, (struct sockaddr *)&remote, &remote_length) != 0)
+		return 0;
+	if (local.ss_family == AF_INET && remote.ss_family == AF_INET) {
+		local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
+		remote_port = ntohs(((struct sockaddr_in *)&remote)->sin_port);
+	} else if (local.ss_family == AF_INET6 && remote.ss_family == AF_INET6) {
+		local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
+		remote_port = ntohs(((struct sockaddr_in6 *)&remote)->sin6_port);
+	} else {
+		return 0;
+	}
+	return (uint32_t)local_port << 16 | remote_port;
 }
 
 /* Readable while idle (stray bytes, a close) or idle too long: shut it down. */
@@ -208,13 +236,19 @@ static void idle_watch(struct upstream_call *call)
 		goto fail;
 	idle->fd = fd;
 	idle->upstream = upstream;
+	idle->ports = socket_ports(fd);
 	idle->watch = event_new(upstream->base, fd, EV_READ, on_idle_connection, idle);
-	if (idle->watch == NULL || event_add(idle->watch, &upstream->keepalive) < 0)
+	if (idle->ports == 0 || idle->watch == NULL ||
+	    event_add(idle->watch, &upstream->keepalive) < 0)
 		goto fail;
 	hash_add_failed = 0;
+	HASH_ADD(by_ports, upstream->idle_by_ports, ports, sizeof(idle->ports), idle);
+	if (hash_add_failed)
+		goto fail;
 	HASH_ADD_INT(upstream->idle, fd, idle);
 	if (!hash_add_failed)
 		return;
+	HASH_DELETE(by_ports, upstream->idle_by_ports, idle);
 fail:
 	/* Unwatched, it could not be trusted later: do not keep it. */
 	if (idle != NULL && idle->watch != NULL)
@@ -222,6 +256,38 @@ fail:
 	free(idle);
 	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
 		log_warn("%s: shutdown: %s", __func__, strerror(errno));
+}
+
+/*
+ * CURLOPT_PREREQFUNCTION: a connection was made or taken from the pool, and the
+ * request is about to be sent on it. A pooled one is not idle from here on
+ * (libcurl may send before it tells socket_cb about the socket, and the answer
+ * must not wake the idle watch); one that received anything while pooled is
+ * refused (libcurl 7.88 would take a readable TLS connection for a live one).
+ */
+static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port,
+		     int local_port)
+{
+	struct upstream_call *call = arg;
+	uint32_t ports = (uint32_t)local_port << 16 | (uint32_t)remote_port;
+	struct idle_connection *idle = NULL;
+	curl_socket_t fd;
+	char byte;
+
+	(void)remote_ip;
+	(void)local_ip;
+	HASH_FIND(by_ports, call->upstream->idle_by_ports, &ports, sizeof(ports), idle);
+	if (idle == NULL)
+		return CURL_PREREQFUNC_OK;
+	fd = idle->fd;
+	idle_forget(call->upstream, fd);
+	if (recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0)
+		return CURL_PREREQFUNC_OK;
+	log_warn("a pooled upstream connection received bytes nobody asked for; not using it");
+	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
+		log_warn("%s: shutdown: %s", __func__, strerror(errno));
+	snprintf(call->error, sizeof(call->error), "a pooled connection was not clean");
+	return CURL_PREREQFUNC_ABORT;
 }
 
 /* CURLOPT_CLOSESOCKETFUNCTION: libcurl is done with a connection, pooled or not. */
@@ -913,6 +979,8 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	SETOPT(easy, CURLOPT_HEADERDATA, call);
 	SETOPT(easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
 	SETOPT(easy, CURLOPT_CLOSESOCKETDATA, call->upstream);
+	SETOPT(easy, CURLOPT_PREREQFUNCTION, prereq_cb);
+	SETOPT(easy, CURLOPT_PREREQDATA, call);
 	SETOPT(easy, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
 	SETOPT(easy, CURLOPT_NOPROGRESS, 0L);
 	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, progress_cb);
