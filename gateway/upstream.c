@@ -262,7 +262,7 @@ fail:
  * CURLOPT_PREREQFUNCTION: a connection was made or taken from the pool, and the
  * request is about to be sent on it. A pooled one is not idle from here on
  * (libcurl may send before it tells socket_cb about the socket, and the answer
- * must not wake the idle watch); one that received anything while pooled is
+ * must not wake the idle watch); one that received bytes while pooled is
  * refused (libcurl 7.88 would take a readable TLS connection for a live one).
  */
 static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port,
@@ -281,7 +281,11 @@ static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port
 		return CURL_PREREQFUNC_OK;
 	fd = idle->fd;
 	idle_forget(call->upstream, fd);
-	if (recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) < 0)
+	/*
+	 * Nothing, or a close that came after libcurl's own check: libcurl sees the
+	 * close when it reads, and retries a reused connection on a fresh one.
+	 */
+	if (recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0)
 		return CURL_PREREQFUNC_OK;
 	log_warn("a pooled upstream connection received bytes nobody asked for; not using it");
 	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
