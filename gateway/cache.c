@@ -1,7 +1,7 @@
 /*
  * cache.c -- the export state cache (uthash table + LRU list, reaped by a
  * timer) and the flights that coalesce concurrent misses into one upstream call.
- * Also where an upstream result becomes the answer every waiter gets.
+ * What an upstream result means is answer.c's; this file stores and shares it.
  */
 #include "config.h"
 
@@ -12,28 +12,19 @@
 #include <string.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "answer.h"
 #include "conf.h"
 #include "hash.h"
-#include "json_check.h"
 #include "log.h"
 #include "query.h"
 #include "redact.h"
 #include "upstream.h"
 
 #define CACHE_REAP_INTERVAL_MS 1000
-#define CACHE_STATE_MAX 64
 #define CACHE_NAME_MAX 64
-
-enum entry_kind {
-	ENTRY_NON_FINAL, /* REQUESTED, IN_PROGRESS or a state we do not know */
-	ENTRY_COMPLETED,
-	ENTRY_FAILED,
-	ENTRY_ERROR, /* an upstream 404 */
-};
 
 struct cache_entry {
 	char *key; /* user id, 0x1f, export id */
@@ -43,7 +34,7 @@ struct cache_entry {
 	char *content_type;
 	char *body;
 	size_t body_length;
-	enum entry_kind kind;
+	enum answer_state state; /* ANSWER_NO_STATE for an upstream 404 */
 	int64_t fetched_ms; /* monotonic */
 	int64_t expires_ms;
 };
@@ -80,17 +71,6 @@ struct cache {
 	struct event *reaper;
 };
 
-/* What an upstream result means for the client and for the cache. */
-struct outcome {
-	int status;
-	char *content_type;
-	char *body;
-	size_t body_length;
-	enum entry_kind kind;
-	int64_t ttl_ms; /* -1: not stored */
-	int stale_ok;	/* a failed refresh: stale-if-error may answer instead */
-};
-
 static int64_t now_ms(void)
 {
 	struct timespec now;
@@ -110,75 +90,6 @@ static char *make_key(const char *user_id, const char *export_id)
 	key[user_length] = '\x1f';
 	memcpy(key + user_length + 1, export_id, id_length + 1);
 	return key;
-}
-
-/*
- * The state of a strict JSON body (json_check.h) that is an object with a string
- * "state" and, when export_id is given, no "data_export_id" but export_id: an
- * answer about another export came off a poisoned connection and must never be
- * stored under this key. NULL with *why otherwise.
- */
-static const char *parse_answer(const char *body, size_t length, const char *export_id,
-				char *state, size_t cap, const char **why)
-{
-	const cJSON *field, *id;
-	const char *found = NULL;
-	cJSON *json;
-
-	*why = NULL;
-	json = json_check_parse(body, length, why);
-	if (json == NULL)
-		return NULL;
-	field = cJSON_GetObjectItemCaseSensitive(json, "state");
-	id = cJSON_GetObjectItemCaseSensitive(json, "data_export_id");
-	if (!cJSON_IsObject(json) || !cJSON_IsString(field) || cap == 0) {
-		*why = "the upstream answered without a JSON object holding a state";
-	} else if (export_id != NULL && id != NULL &&
-		   (!cJSON_IsString(id) || strcmp(id->valuestring, export_id) != 0)) {
-		*why = "the upstream answered about another export";
-	} else {
-		snprintf(state, cap, "%s", field->valuestring);
-		found = state;
-	}
-	cJSON_Delete(json);
-	return found;
-}
-
-const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap)
-{
-	const char *why;
-
-	return parse_answer(body, length, NULL, state, cap, &why);
-}
-
-static enum entry_kind kind_of_state(const char *state)
-{
-	if (strcmp(state, "COMPLETED") == 0)
-		return ENTRY_COMPLETED;
-	if (strcmp(state, "FAILED") == 0)
-		return ENTRY_FAILED;
-	return ENTRY_NON_FINAL;
-}
-
-int64_t cache_ttl_for(const struct conf *conf, int status, const char *state)
-{
-	int64_t ttl;
-
-	if (status == 404)
-		ttl = conf->cache_error_ttl_ms;
-	else if (status == 200 && state != NULL)
-		ttl = kind_of_state(state) == ENTRY_NON_FINAL ? conf->cache_pending_ttl_ms
-							      : conf->cache_final_ttl_ms;
-	else
-		return -1;
-	return ttl > 0 ? ttl : -1;
-}
-
-static void outcome_clear(struct outcome *outcome)
-{
-	free(outcome->content_type);
-	free(outcome->body);
-	memset(outcome, 0, sizeof(*outcome));
 }
 
 /* Entries and the LRU list. */
@@ -237,9 +148,9 @@ static void trim_to(struct cache *cache, size_t limit)
 		entry_remove(cache, cache->oldest);
 }
 
-/* Stores outcome under key, taking its body and content type. */
+/* Stores answer under key, taking its body and content type. */
 static struct cache_entry *entry_store(struct cache *cache, const char *key,
-				       struct outcome *outcome, int64_t now)
+				       struct answer *answer, int64_t now)
 {
 	struct cache_entry *entry = entry_find(cache, key);
 
@@ -250,13 +161,13 @@ static struct cache_entry *entry_store(struct cache *cache, const char *key,
 		free(entry);
 		return NULL;
 	}
-	entry->status = outcome->status;
-	entry->content_type = outcome->content_type;
-	entry->body = outcome->body;
-	entry->body_length = outcome->body_length;
-	entry->kind = outcome->kind;
+	entry->status = answer->status;
+	entry->content_type = answer->content_type;
+	entry->body = answer->body;
+	entry->body_length = answer->body_length;
+	entry->state = answer->state;
 	entry->fetched_ms = now;
-	entry->expires_ms = now + outcome->ttl_ms;
+	entry->expires_ms = now + answer->ttl_ms;
 	hash_add_failed = 0;
 	HASH_ADD_KEYPTR(hh, cache->entries, entry->key, strlen(entry->key), entry);
 	if (hash_add_failed) {
@@ -264,8 +175,8 @@ static struct cache_entry *entry_store(struct cache *cache, const char *key,
 		free(entry);
 		return NULL;
 	}
-	outcome->content_type = NULL;
-	outcome->body = NULL;
+	answer->content_type = NULL;
+	answer->body = NULL;
 	lru_push_newest(cache, entry);
 	cache->entry_count++;
 	trim_to(cache, (size_t)cache->conf->cache_max_entries);
@@ -292,32 +203,33 @@ static void answer_from_entry(const struct cache_entry *entry, int64_t now,
 int cache_store(struct cache *cache, const char *user_id, const char *export_id, int status,
 		const char *content_type, const char *body, size_t length)
 {
-	struct outcome outcome = { 0 };
-	char state_text[CACHE_STATE_MAX];
-	const char *state = NULL;
+	struct answer answer = { 0 };
+	char state_text[ANSWER_STATE_MAX];
+	const char *state = NULL, *why;
 	char *key;
 	int stored;
 
 	if (status == 200)
-		state = cache_parse_state(body, length, state_text, sizeof(state_text));
-	outcome.ttl_ms = cache_ttl_for(cache->conf, status, state);
-	if (outcome.ttl_ms < 0)
+		state = answer_parse_state(body, length, NULL, state_text, sizeof(state_text),
+					   &why);
+	answer.ttl_ms = answer_ttl(cache->conf, status, state);
+	if (answer.ttl_ms < 0)
 		return 0;
-	outcome.status = status;
-	outcome.kind = state ? kind_of_state(state) : ENTRY_ERROR;
-	outcome.body_length = length;
-	outcome.content_type = strdup(content_type ? content_type : "application/json");
-	outcome.body = malloc(length + 1);
+	answer.status = status;
+	answer.state = state ? answer_state_of(state) : ANSWER_NO_STATE;
+	answer.body_length = length;
+	answer.content_type = strdup(content_type ? content_type : "application/json");
+	answer.body = malloc(length + 1);
 	key = make_key(user_id, export_id);
-	if (outcome.content_type != NULL && outcome.body != NULL && key != NULL) {
-		memcpy(outcome.body, body, length);
-		outcome.body[length] = '\0';
-		stored = entry_store(cache, key, &outcome, now_ms()) != NULL ? 1 : -1;
+	if (answer.content_type != NULL && answer.body != NULL && key != NULL) {
+		memcpy(answer.body, body, length);
+		answer.body[length] = '\0';
+		stored = entry_store(cache, key, &answer, now_ms()) != NULL ? 1 : -1;
 	} else {
 		stored = -1;
 	}
 	free(key);
-	outcome_clear(&outcome);
+	answer_clear(&answer);
 	return stored;
 }
 
@@ -351,150 +263,12 @@ int cache_lookup(struct cache *cache, const struct conf_credential *credential,
 	if (entry == NULL || now >= entry->expires_ms)
 		return 0;
 	/* A download can only be refused from the cache: upstream would say the same. */
-	if (q->download && entry->kind != ENTRY_NON_FINAL && entry->kind != ENTRY_FAILED)
+	if (q->download && entry->state != ANSWER_NON_FINAL && entry->state != ANSWER_FAILED)
 		return 0;
 	lru_unlink(cache, entry);
 	lru_push_newest(cache, entry);
 	answer_from_entry(entry, now, CACHE_HIT, answer);
 	return 1;
-}
-
-/* Outcomes. */
-
-static void outcome_error(struct outcome *outcome, int status, const char *code,
-			  const char *message)
-{
-	cJSON *json = cJSON_CreateObject();
-
-	outcome_clear(outcome);
-	outcome->status = status;
-	outcome->ttl_ms = -1;
-	outcome->content_type = strdup("application/json");
-	if (json != NULL && cJSON_AddStringToObject(json, "error", code) != NULL &&
-	    cJSON_AddStringToObject(json, "message", message) != NULL)
-		outcome->body = cJSON_PrintUnformatted(json);
-	cJSON_Delete(json);
-	if (outcome->body != NULL)
-		outcome->body_length = strlen(outcome->body);
-}
-
-/* An error body as upstream sent it, but for any configured secret in it. */
-static int redact_body(struct cache *cache, struct outcome *outcome)
-{
-	char *redacted;
-	size_t length;
-
-	switch (redact_secrets(outcome->body, outcome->body_length, cache->conf, &redacted,
-			       &length)) {
-	case 0:
-		return 0;
-	case 1:
-		log_warn("an upstream error body held a configured secret; replaced by %s",
-			 REDACT_MARK);
-		free(outcome->body);
-		outcome->body = redacted;
-		outcome->body_length = length;
-		return 0;
-	default:
-		return -1;
-	}
-}
-
-/* Copies the upstream body and type; then decides validity and TTL. */
-static void outcome_from_response(struct cache *cache, const char *credential,
-				  const char *export_id, const struct upstream_result *result,
-				  struct outcome *outcome)
-{
-	long status = result->status;
-	size_t length = evbuffer_get_length(result->body);
-	char state_text[CACHE_STATE_MAX];
-	const char *state = NULL, *why = NULL;
-
-	if (status == 401) {
-		log_error("upstream rejected credential '%s' with 401: its api_key (or user_id) "
-			  "is wrong or revoked; every request using it fails until it is fixed",
-			  credential);
-		outcome_error(outcome, 502, "upstream_auth",
-			      "the gateway's Gumloop credential was rejected by the upstream");
-		return;
-	}
-	if (status >= 300 && status < 400) {
-		outcome_error(outcome, 502, "upstream_redirect",
-			      "the upstream answered with a redirect, which is not followed");
-		return;
-	}
-	if (status < 200 || status > 599) { /* framing.c refuses these already */
-		outcome_error(outcome, 502, "upstream_invalid",
-			      "the upstream answered with a status outside 200-599");
-		return;
-	}
-	outcome->status = (int)status;
-	outcome->ttl_ms = -1;
-	outcome->stale_ok = status >= 500;
-	outcome->content_type = strdup(result->content_type ? result->content_type
-							    : "application/json");
-	outcome->body = malloc(length + 1);
-	if (outcome->content_type == NULL || outcome->body == NULL ||
-	    evbuffer_copyout(result->body, outcome->body, length) != (ev_ssize_t)length) {
-		outcome_error(outcome, 500, "internal", "out of memory");
-		return;
-	}
-	outcome->body[length] = '\0';
-	outcome->body_length = length;
-	if (status < 200 || status >= 300) {
-		if (redact_body(cache, outcome) < 0) {
-			outcome_error(outcome, 500, "internal", "out of memory");
-			return;
-		}
-		outcome->kind = ENTRY_ERROR;
-		outcome->ttl_ms = cache_ttl_for(cache->conf, (int)status, NULL);
-		return;
-	}
-	state = parse_answer(outcome->body, length, export_id, state_text, sizeof(state_text),
-			     &why);
-	if (state == NULL) {
-		log_warn("upstream answer refused (credential '%s'): %s", credential, why);
-		outcome_error(outcome, 502, "upstream_invalid", why);
-		return;
-	}
-	outcome->kind = kind_of_state(state);
-	outcome->ttl_ms = cache_ttl_for(cache->conf, (int)status, state);
-}
-
-static void outcome_from_result(struct cache *cache, const char *credential,
-				const char *export_id, const struct upstream_result *result,
-				struct outcome *outcome)
-{
-	switch (result->outcome) {
-	case UPSTREAM_OK:
-		outcome_from_response(cache, credential, export_id, result, outcome);
-		return;
-	case UPSTREAM_INVALID:
-		log_warn("upstream answer refused (credential '%s'): %s", credential,
-			 result->error);
-		outcome_error(outcome, 502, "upstream_invalid", result->error);
-		return;
-	case UPSTREAM_TIMEOUT:
-		log_warn("upstream timed out (credential '%s'): %s", credential, result->error);
-		outcome_error(outcome, 504, "upstream_timeout",
-			      "the upstream did not answer in time");
-		outcome->stale_ok = 1;
-		return;
-	case UPSTREAM_CONNECT_FAILED:
-		log_warn("upstream connection failed: %s", result->error);
-		outcome_error(outcome, 502, "upstream_unreachable",
-			      "the gateway could not connect to the upstream");
-		outcome->stale_ok = 1;
-		return;
-	case UPSTREAM_TOO_LARGE:
-		outcome_error(outcome, 502, "upstream_too_large", result->error);
-		return;
-	case UPSTREAM_FAILED:
-		log_warn("upstream request failed: %s", result->error);
-		outcome_error(outcome, 502, "upstream_error", "the upstream request failed");
-		outcome->stale_ok = 1;
-		return;
-	}
 }
 
 /* Flights and waiters. */
@@ -550,17 +324,33 @@ static void flight_deliver(struct flight *flight, const struct cache_answer *sha
 	}
 }
 
+/* What went wrong, once per finished call (not per waiter). */
+static void log_outcome(const struct answer *answer, const char *credential)
+{
+	if (answer->redacted)
+		log_warn("an upstream error body held a configured secret; replaced by %s",
+			 REDACT_MARK);
+	if (answer->error == NULL)
+		return;
+	if (strcmp(answer->error, "upstream_auth") == 0)
+		log_error("upstream rejected credential '%s' with 401: %s", credential,
+			  answer->why);
+	else if (answer->why != NULL)
+		log_warn("%s (credential '%s'): %s", answer->error, credential, answer->why);
+}
+
 /* The answer for a finished call: stored when cacheable, stale when it may be. */
 static void settle(struct cache *cache, const char *key, const char *credential,
 		   const struct upstream_result *result, cache_answer_cb done, void *arg)
 {
-	struct outcome outcome = { 0 };
+	struct answer outcome;
 	struct cache_answer answer = { 0 };
 	struct cache_entry *entry;
 	int64_t now = now_ms();
 
 	/* the key is "user id \x1f export id"; user ids hold no control characters */
-	outcome_from_result(cache, credential, strchr(key, '\x1f') + 1, result, &outcome);
+	answer_from_result(&outcome, cache->conf, strchr(key, '\x1f') + 1, result);
+	log_outcome(&outcome, credential);
 	entry = entry_find(cache, key);
 	if (outcome.stale_ok && entry != NULL &&
 	    now <= entry->expires_ms + cache->conf->cache_stale_if_error_ms) {
@@ -579,7 +369,7 @@ static void settle(struct cache *cache, const char *key, const char *credential,
 		answer.result = CACHE_MISS;
 	}
 	done(&answer, arg);
-	outcome_clear(&outcome);
+	answer_clear(&outcome);
 }
 
 void cache_settle(struct cache *cache, const char *user_id, const char *export_id,
@@ -590,11 +380,15 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 	struct cache_answer answer = { 0 };
 
 	if (key == NULL) {
-		answer.status = 500;
+		struct answer failed = { 0 };
+
+		answer_set_error(&failed, 500, "internal", "out of memory");
+		answer.status = failed.status;
 		answer.content_type = "application/json";
-		answer.body = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
-		answer.body_length = strlen(answer.body);
+		answer.body = failed.body != NULL ? failed.body : "";
+		answer.body_length = failed.body_length;
 		done(&answer, arg);
+		answer_clear(&failed);
 		return;
 	}
 	settle(cache, key, credential, result, done, arg);

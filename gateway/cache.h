@@ -1,9 +1,8 @@
 /*
  * cache.h -- export states cached per (user id, export id), and coalescing: one
  * upstream call per key at a time, every other request for that key waits for
- * it. Also the mapping from an upstream result to the answer a client gets, so
- * a leader and its waiters always get the same one. Not the HTTP layer: answers
- * are handed to callbacks as plain fields.
+ * it and gets the leader's answer (answer.h makes it). Not the HTTP layer:
+ * answers are handed to callbacks as plain fields.
  */
 #ifndef GATEWAY_CACHE_H
 #define GATEWAY_CACHE_H
@@ -102,14 +101,5 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 /* Entries held now. */
 size_t cache_entry_count(const struct cache *cache);
 
-/*
- * The state in an upstream JSON body: "COMPLETED", "FAILED", any other string
- * (non-final), or NULL when the body is not a JSON object with a string
- * "state". Writes at most cap bytes (NUL included) into state. Pure: no I/O.
- */
-const char *cache_parse_state(const char *body, size_t length, char *state, size_t cap);
-
-/* The TTL in ms for an answer: status and state as upstream gave them; -1 = do not store. */
-int64_t cache_ttl_for(const struct conf *conf, int status, const char *state);
 
 #endif

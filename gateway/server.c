@@ -20,7 +20,6 @@
 #include <sys/socket.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -30,6 +29,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "access_log.h"
+#include "answer.h"
 #include "auth.h"
 #include "cache.h"
 #include "conf.h"
@@ -534,19 +534,15 @@ static void reply_error(struct exchange *ex, int status, const char *code,
 			const char *message)
 {
 	struct evbuffer *body = evbuffer_new();
-	cJSON *json = cJSON_CreateObject();
-	char *text = NULL;
+	size_t length = 0;
+	char *text = answer_error_body(code, message, &length);
 
-	if (json != NULL && cJSON_AddStringToObject(json, "error", code) != NULL &&
-	    cJSON_AddStringToObject(json, "message", message) != NULL)
-		text = cJSON_PrintUnformatted(json);
-	cJSON_Delete(json);
-	if (body == NULL || text == NULL || evbuffer_add(body, text, strlen(text)) < 0) {
+	if (body == NULL || text == NULL || evbuffer_add(body, text, length) < 0) {
 		log_error("%s: out of memory answering %d", __func__, status);
 		if (body != NULL)
 			evbuffer_drain(body, evbuffer_get_length(body));
 	}
-	cJSON_free(text);
+	free(text);
 	reply(ex, status, "application/json", body);
 	if (body != NULL)
 		evbuffer_free(body);

@@ -1,6 +1,7 @@
 /*
- * unit_cache.c -- the cache module on its own: which answers are stored for how
- * long, LRU eviction order, the download short-cut, keys per user id, reaping.
+ * unit_cache.c -- the cache module on its own: which answers are stored, LRU
+ * eviction order, the download short-cut, keys per user id, reaping. (What an
+ * answer is and its TTL: unit_answer.c.)
  * Upstream calls and coalescing are covered by the integration tests.
  */
 #include <setjmp.h>
@@ -24,8 +25,6 @@ struct fixture {
 	struct conf conf;
 	struct cache *cache;
 };
-
-static const char *const in_progress = "{\"data_export_id\":\"a\",\"state\":\"IN_PROGRESS\"}";
 
 static int setup(void **state)
 {
@@ -75,45 +74,6 @@ static int lookup(struct fixture *f, const char *user_id, const char *export_id,
 
 	snprintf(q.data_export_id, sizeof(q.data_export_id), "%s", export_id);
 	return cache_lookup(f->cache, &credential, &q, answer);
-}
-
-static void test_parse_state(void **state)
-{
-	char text[16];
-
-	(void)state;
-	assert_string_equal(cache_parse_state(in_progress, strlen(in_progress), text,
-					      sizeof(text)),
-			    "IN_PROGRESS");
-	assert_null(cache_parse_state("{\"state\":5}", 11, text, sizeof(text)));
-	assert_null(cache_parse_state("{\"status\":\"x\"}", 14, text, sizeof(text)));
-	assert_null(cache_parse_state("[\"state\"]", 9, text, sizeof(text)));
-	assert_null(cache_parse_state("{\"state\":\"IN_PROG", 17, text, sizeof(text)));
-	assert_null(cache_parse_state("", 0, text, sizeof(text)));
-	/* an escaped NUL would cut "COMPLETED\u0000x" to a final state: refused */
-	assert_null(cache_parse_state("{\"state\":\"COMPLETED\\u0000x\"}", 27, text, sizeof(text)));
-	/* length bounds the parse: no reading past it */
-	assert_null(cache_parse_state(in_progress, 10, text, sizeof(text)));
-}
-
-static void test_ttl_per_state(void **state)
-{
-	struct fixture *f = *state;
-
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "REQUESTED"), 2000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "IN_PROGRESS"), 2000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "PENDING"), 2000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "SOMETHING_NEW"), 2000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "COMPLETED"), 60000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "FAILED"), 60000);
-	assert_int_equal(cache_ttl_for(&f->conf, 404, NULL), 1000);
-	assert_int_equal(cache_ttl_for(&f->conf, 200, NULL), -1);
-	for (int status = 400; status < 600; status += 1) {
-		if (status != 404)
-			assert_int_equal(cache_ttl_for(&f->conf, status, NULL), -1);
-	}
-	f->conf.cache_pending_ttl_ms = 0; /* 0: do not cache */
-	assert_int_equal(cache_ttl_for(&f->conf, 200, "REQUESTED"), -1);
 }
 
 static void test_store_only_cacheable(void **state)
@@ -268,8 +228,6 @@ static void test_reaper_removes_expired(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_parse_state),
-		cmocka_unit_test_setup_teardown(test_ttl_per_state, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_store_only_cacheable, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_hit_answer, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_keys_per_user, setup, teardown),

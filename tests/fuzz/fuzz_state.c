@@ -1,5 +1,5 @@
 /*
- * fuzz_state.c -- libFuzzer target for cache_parse_state() and cache_ttl_for():
+ * fuzz_state.c -- libFuzzer target for answer_parse_state() and answer_ttl():
  * the input is an upstream JSON body, passed without a terminating NUL as the
  * length contract allows. The state buffer is allocated at exactly its cap so
  * ASan sees any write past it.
@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cache.h"
+#include "answer.h"
 #include "conf.h"
 
-/* What cache.c passes (CACHE_STATE_MAX). */
+/* What answer.c passes (ANSWER_STATE_MAX). */
 #define STATE_CAP 64
 /* The second parse uses a cap of 0..SMALL_CAP_MAX, to exercise truncation. */
 #define SMALL_CAP_MAX 8
@@ -35,12 +35,14 @@ static const struct conf no_ttls = {0};
 static char *parse(const uint8_t *data, size_t size, size_t cap, int *found)
 {
 	char *state = malloc(cap > 0 ? cap : 1);
-	const char *result;
+	const char *result, *why = NULL;
 	char *copy = NULL;
 
 	if (state == NULL)
 		abort();
-	result = cache_parse_state((const char *)data, size, state, cap);
+	result = answer_parse_state((const char *)data, size, NULL, state, cap, &why);
+	if (result == NULL && why == NULL && cap > 0)
+		abort();
 	*found = result != NULL;
 	if (result != NULL) {
 		if (result != state || cap == 0 || memchr(state, '\0', cap) == NULL)
@@ -60,16 +62,16 @@ static void check_ttls(const char *state)
 	int64_t expected_200 = state == NULL ? -1 : final ? FINAL_TTL_MS : PENDING_TTL_MS;
 	static const int other_statuses[] = {0, 201, 304, 400, 401, 403, 500, 502, 504};
 
-	if (cache_ttl_for(&ttls, 200, state) != expected_200)
+	if (answer_ttl(&ttls, 200, state) != expected_200)
 		abort();
-	if (cache_ttl_for(&ttls, 404, state) != ERROR_TTL_MS)
+	if (answer_ttl(&ttls, 404, state) != ERROR_TTL_MS)
 		abort();
 	for (size_t i = 0; i < sizeof(other_statuses) / sizeof(other_statuses[0]); i++) {
-		if (cache_ttl_for(&ttls, other_statuses[i], state) != -1)
+		if (answer_ttl(&ttls, other_statuses[i], state) != -1)
 			abort();
 	}
-	if (cache_ttl_for(&no_ttls, 200, state) != -1 ||
-	    cache_ttl_for(&no_ttls, 404, state) != -1)
+	if (answer_ttl(&no_ttls, 200, state) != -1 ||
+	    answer_ttl(&no_ttls, 404, state) != -1)
 		abort();
 }
 
