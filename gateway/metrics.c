@@ -16,7 +16,7 @@ static const double upstream_buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 #define BUCKET_COUNT (sizeof(upstream_buckets) / sizeof(upstream_buckets[0]))
 
 static struct {
-	uint64_t requests[METRICS_ROUTE_COUNT][CODES];
+	uint64_t requests[ROUTE_COUNT][CODES];
 	uint64_t cache[METRICS_CACHE_RESULT_COUNT];
 	uint64_t upstream_codes[CODES];
 	uint64_t upstream_errors;
@@ -33,7 +33,7 @@ static struct {
 	uint64_t access_log_dropped;
 } counters;
 
-static const char *const route_names[METRICS_ROUTE_COUNT] = {
+static const char *const route_names[ROUTE_COUNT] = {
 	"export_status", "healthz", "metrics", "other",
 };
 static const char *const cache_names[METRICS_CACHE_RESULT_COUNT] = {
@@ -43,9 +43,9 @@ static const char *const download_names[METRICS_DOWNLOAD_RESULT_COUNT] = {
 	"complete", "aborted", "failed",
 };
 
-void metrics_request(enum metrics_route route, int code)
+void metrics_request(enum route route, int code)
 {
-	if (route < METRICS_ROUTE_COUNT && code >= 100 && code < CODES)
+	if (route < ROUTE_COUNT && code >= 100 && code < CODES)
 		counters.requests[route][code]++;
 }
 
@@ -123,7 +123,7 @@ static int render_requests(struct evbuffer *out)
 	int failed = family(out, "gumloop_gateway_requests_total", "counter",
 			    "Requests answered, by route and status code (499: client left).") < 0;
 
-	for (int route = 0; route < METRICS_ROUTE_COUNT; route++) {
+	for (int route = 0; route < ROUTE_COUNT; route++) {
 		for (int code = 100; code < CODES; code++) {
 			if (counters.requests[route][code] == 0)
 				continue;

@@ -8,15 +8,9 @@
 
 #include <stdint.h>
 
-struct evbuffer;
+#include "route.h"
 
-enum metrics_route {
-	METRICS_ROUTE_EXPORT_STATUS,
-	METRICS_ROUTE_HEALTHZ,
-	METRICS_ROUTE_METRICS,
-	METRICS_ROUTE_OTHER,
-	METRICS_ROUTE_COUNT,
-};
+struct evbuffer;
 
 enum metrics_cache_result {
 	METRICS_CACHE_HIT,
@@ -34,7 +28,7 @@ enum metrics_download_result {
 };
 
 /* A request answered with code (100..599; 499 for a client that left). */
-void metrics_request(enum metrics_route route, int code);
+void metrics_request(enum route route, int code);
 void metrics_cache(enum metrics_cache_result result);
 /* An upstream call ended: code is its HTTP status, or 0 with timed_out or not. */
 void metrics_upstream(int code, int timed_out, double seconds);

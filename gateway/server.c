@@ -32,6 +32,7 @@
 #include "answer.h"
 #include "auth.h"
 #include "cache.h"
+#include "checks.h"
 #include "conf.h"
 #include "listeners.h"
 #include "log.h"
@@ -40,9 +41,6 @@
 #include "relay.h"
 #include "upstream.h"
 
-#define SERVER_MAX_REQUEST_LINE (8 * 1024)
-#define SERVER_MAX_HEADERS (16 * 1024)
-#define SERVER_MAX_RANGE_HEADER 256
 /* A download's client is looked at this many times per client_timeout. */
 #define SERVER_STALL_CHECKS 4
 
@@ -72,7 +70,7 @@ struct exchange {
 	struct evhttp_request *req;
 	struct evhttp_connection *connection;
 	struct connection *owner; /* NULL once the connection is gone */
-	enum metrics_route route;
+	enum route route;
 	struct cache_waiter *waiter;
 	struct relay *relay;
 	int download_counted; /* holds one of server->downloads */
@@ -710,29 +708,16 @@ static const struct relay_events relay_events = {
 	.ended = on_relay_ended,
 };
 
-/* A Range or If-Range header to forward: short printable ASCII, or absent. */
-static int range_header(struct exchange *ex, const char *name, const char **value)
-{
-	*value = evhttp_find_header(evhttp_request_get_input_headers(ex->req), name);
-	if (*value == NULL)
-		return 0;
-	if (strlen(*value) > SERVER_MAX_RANGE_HEADER)
-		return -1;
-	for (const char *c = *value; *c != '\0'; c++) {
-		if (*c < 0x20 || *c > 0x7e)
-			return -1;
-	}
-	return 0;
-}
-
 static void start_download(struct exchange *ex, const struct conf_credential *credential,
 			   const struct query *q)
 {
 	struct server *server = ex->server;
 	struct relay_request request = { .head = ex->head, .needs_length = ex->http10 };
 
-	if (range_header(ex, "Range", &request.range) < 0 ||
-	    range_header(ex, "If-Range", &request.if_range) < 0) {
+	const struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
+
+	if (checks_forwarded_header(headers, "Range", &request.range) < 0 ||
+	    checks_forwarded_header(headers, "If-Range", &request.if_range) < 0) {
 		reply_error(ex, 400, "bad_request", "Range or If-Range is malformed or too long");
 		return;
 	}
@@ -751,125 +736,6 @@ static void start_download(struct exchange *ex, const struct conf_credential *cr
 	server->downloads++;
 	ex->download_counted = 1;
 	client_watch_start(ex);
-}
-
-/* Request line and header sizes, measured as they were on the wire. */
-static int check_sizes(struct exchange *ex)
-{
-	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
-	const char *uri = evhttp_request_get_uri(ex->req);
-	size_t header_bytes = 0;
-	struct evkeyval *header;
-
-	if (uri != NULL && strlen(uri) + strlen(ex->method) + 10 > SERVER_MAX_REQUEST_LINE) {
-		reply_error(ex, 414, "uri_too_long", "the request line is over 8 KiB");
-		return -1;
-	}
-	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next)
-		header_bytes += strlen(header->key) + strlen(header->value) + 4;
-	if (header_bytes > SERVER_MAX_HEADERS) {
-		reply_error(ex, 431, "headers_too_large", "the request headers are over 16 KiB");
-		return -1;
-	}
-	return 0;
-}
-
-/* RFC 9110 token: what a header name may be ("Name : v" and "Na me" are not). */
-static int is_token(const char *text)
-{
-	static const char extra[] = "!#$%&'*+-.^_`|~";
-
-	if (*text == '\0')
-		return 0;
-	for (; *text != '\0'; text++) {
-		if (!((*text >= '0' && *text <= '9') || (*text >= 'a' && *text <= 'z') ||
-		      (*text >= 'A' && *text <= 'Z') || strchr(extra, *text) != NULL))
-			return 0;
-	}
-	return 1;
-}
-
-/* 400 and a closed connection: the bytes after this request cannot be trusted. */
-static void reply_bad_framing(struct exchange *ex, const char *message)
-{
-	ex->must_close = 1;
-	reply_error(ex, 400, "bad_request", message);
-}
-
-/*
- * Whether the bytes after this request can be trusted, decided before any
- * check answers it: a request with body framing (any Transfer-Encoding, a
- * non-zero or repeated Content-Length) is followed by a body evhttp does not
- * read for GET and HEAD, which would be taken for the next request; a CONNECT
- * or a target that is not a single-slash path is not ours to interpret. Each is
- * answered, whichever check refuses it first, and the connection closed.
- */
-static int must_close(struct exchange *ex)
-{
-	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
-	const char *uri = evhttp_request_get_uri(ex->req);
-	struct evkeyval *header;
-	int lengths = 0;
-
-	if (ex->method_type == EVHTTP_REQ_CONNECT || uri == NULL || uri[0] != '/' ||
-	    uri[1] == '/')
-		return 1;
-	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next) {
-		if (strcasecmp(header->key, "Transfer-Encoding") == 0)
-			return 1;
-		if (strcasecmp(header->key, "Content-Length") == 0 &&
-		    (++lengths > 1 || strcmp(header->value, "0") != 0))
-			return 1;
-	}
-	return 0;
-}
-
-/*
- * Requests carry no body here, so any framing of one (Transfer-Encoding, a
- * non-zero Content-Length, both, or several) is refused outright: nothing a
- * request-smuggling trick could hide survives. Absolute-form targets too: this
- * is not a proxy.
- */
-static int check_framing(struct exchange *ex)
-{
-	struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
-	const char *uri = evhttp_request_get_uri(ex->req);
-	const char *length = evhttp_find_header(headers, "Content-Length");
-	struct evkeyval *header;
-	int lengths = 0;
-
-	for (header = headers->tqh_first; header != NULL; header = header->next.tqe_next) {
-		if (!is_token(header->key)) {
-			reply_bad_framing(ex, "a header name is not a token (RFC 9110)");
-			return -1;
-		}
-		if (strcasecmp(header->key, "Content-Length") == 0)
-			lengths++;
-		if (strcasecmp(header->key, "Transfer-Encoding") == 0) {
-			reply_bad_framing(ex, "Transfer-Encoding is not accepted: requests have no body");
-			return -1;
-		}
-	}
-	if (lengths > 1 || (length != NULL && strcmp(length, "0") != 0)) {
-		reply_bad_framing(ex, "a request body is not allowed");
-		return -1;
-	}
-	if (uri == NULL || uri[0] != '/' || uri[1] == '/') {
-		reply_bad_framing(ex, "the request target must be a path starting with a "
-				      "single / (origin-form)");
-		return -1;
-	}
-	return 0;
-}
-
-/* 405 unless GET or HEAD. */
-static int reject_method(struct exchange *ex)
-{
-	if (ex->method_type == EVHTTP_REQ_GET || ex->method_type == EVHTTP_REQ_HEAD)
-		return 0;
-	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Allow", "GET, HEAD");
-	reply_error(ex, 405, "method_not_allowed", "only GET and HEAD are allowed");
-	return -1;
 }
 
 /* 401 with the challenge, or the client's index; -1 without [client] sections. */
@@ -934,8 +800,6 @@ static void handle_export_status(struct exchange *ex)
 	struct query q;
 	int client, index;
 
-	if (reject_method(ex) < 0)
-		return;
 	if (authenticate(ex, &client) < 0 || rate_limit(ex, client) < 0)
 		return;
 	if (query_parse(evhttp_uri_get_query(uri), &q, &message) < 0) {
@@ -965,26 +829,10 @@ static void handle_export_status(struct exchange *ex)
 		client_watch_start(ex);
 }
 
-static enum metrics_route route_of(const char *path)
-{
-	if (path == NULL)
-		return METRICS_ROUTE_OTHER;
-	if (strcmp(path, "/export_status") == 0)
-		return METRICS_ROUTE_EXPORT_STATUS;
-	if (strcmp(path, "/healthz") == 0)
-		return METRICS_ROUTE_HEALTHZ;
-	if (strcmp(path, "/metrics") == 0)
-		return METRICS_ROUTE_METRICS;
-	return METRICS_ROUTE_OTHER;
-}
-
 static void handle_metrics(struct exchange *ex)
 {
-	struct evbuffer *body;
+	struct evbuffer *body = evbuffer_new();
 
-	if (reject_method(ex) < 0)
-		return;
-	body = evbuffer_new();
 	if (body == NULL || metrics_render(body) < 0) {
 		if (body != NULL)
 			evbuffer_free(body);
@@ -995,21 +843,32 @@ static void handle_metrics(struct exchange *ex)
 	evbuffer_free(body);
 }
 
+static void reply_refusal(struct exchange *ex, const struct refusal *refusal)
+{
+	if (refusal->allow != NULL)
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Allow",
+				  refusal->allow);
+	reply_error(ex, refusal->status, refusal->code, refusal->message);
+}
+
 static void handle_request(struct exchange *ex)
 {
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
-	const char *target = evhttp_request_get_uri(ex->req);
+	struct request_head head = {
+		.method = ex->method_type,
+		.target = evhttp_request_get_uri(ex->req),
+		.path = uri ? evhttp_uri_get_path(uri) : NULL,
+		.headers = evhttp_request_get_input_headers(ex->req),
+	};
+	struct refusal refusal;
 	int allowed;
 
-	ex->must_close = must_close(ex);
-	/* "//host/metrics" parses as an authority and the path /metrics: not routed */
-	ex->route = target != NULL && target[0] == '/' && target[1] != '/' ? route_of(path)
-									     : METRICS_ROUTE_OTHER;
-	copy_target_path(ex->path, sizeof(ex->path), target);
+	ex->route = checks_route(&head);
+	ex->must_close = checks_must_close(&head);
+	copy_target_path(ex->path, sizeof(ex->path), head.target);
 	/* /metrics answers admin_allow only; everything else allow only. */
-	if (ex->route == METRICS_ROUTE_METRICS)
+	if (ex->route == ROUTE_METRICS)
 		allowed = peer != NULL && auth_admin_allowed(ex->server->auth, peer);
 	else
 		allowed = peer != NULL && auth_address_allowed(ex->server->auth, peer);
@@ -1017,27 +876,24 @@ static void handle_request(struct exchange *ex)
 		reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
 		return;
 	}
-	if (check_sizes(ex) < 0 || check_framing(ex) < 0)
+	if (checks_request(&head, ex->route, &refusal)) {
+		reply_refusal(ex, &refusal);
 		return;
+	}
 	switch (ex->route) {
-	case METRICS_ROUTE_EXPORT_STATUS:
+	case ROUTE_EXPORT_STATUS:
 		handle_export_status(ex);
 		return;
-	case METRICS_ROUTE_HEALTHZ:
-		if (reject_method(ex) == 0)
-			reply_json_text(ex, 200, "{\"status\":\"ok\"}");
+	case ROUTE_HEALTHZ:
+		reply_json_text(ex, 200, "{\"status\":\"ok\"}");
 		return;
-	case METRICS_ROUTE_METRICS:
+	case ROUTE_METRICS:
 		handle_metrics(ex);
 		return;
-	case METRICS_ROUTE_OTHER:
-	case METRICS_ROUTE_COUNT:
+	case ROUTE_OTHER:
+	case ROUTE_COUNT:
 		break;
 	}
-	if (path == NULL || path[0] == '\0')
-		reply_error(ex, 400, "bad_request", "the request target has no path");
-	else
-		reply_error(ex, 404, "not_found", "no such endpoint; try /export_status");
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -1055,7 +911,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->server = server;
 	ex->req = req;
 	ex->connection = evhttp_request_get_connection(req);
-	ex->route = METRICS_ROUTE_OTHER;
+	ex->route = ROUTE_OTHER;
 	ex->owner = listeners_context(server->listeners, ex->connection);
 	if (ex->owner != NULL)
 		ex->owner->exchange = ex;

@@ -377,8 +377,12 @@ class TestEarlyRefusalsClose(IntegrityCase):
         big = b"HEAD /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"h" * 17000 + b"\r\n"
         self.refused_and_closed(big + b"Content-Length: %d\r\n\r\n" % len(body) + body,
                                 expect=b"HTTP/1.1 431")
+        # the route and the method come before the body: 404 here, but closed
         self.refused_and_closed(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: "
-                                b"chunked\r\n\r\n0\r\n\r\n" + body, expect=b"HTTP/1.1 400")
+                                b"chunked\r\n\r\n0\r\n\r\n" + body, expect=b"HTTP/1.1 404")
+        self.refused_and_closed(b"POST /export_status HTTP/1.1\r\nHost: x\r\n"
+                                b"Content-Length: %d\r\n\r\n" % len(body) + body,
+                                expect=b"HTTP/1.1 405")
 
     def test_connect_is_answered_and_closed(self):
         reply = self.refused_and_closed(b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n" +
