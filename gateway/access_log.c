@@ -6,8 +6,11 @@
  */
 #include "access_log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -181,4 +184,46 @@ void access_log_close(struct access_log *log)
 		log_warn("access log: close: %s", strerror(errno));
 	free(log->queue);
 	free(log);
+}
+
+static void format_peer(const struct sockaddr_storage *peer, char *out, size_t cap)
+{
+	const void *address = NULL;
+
+	if (peer->ss_family == AF_INET)
+		address = &((const struct sockaddr_in *)(const void *)peer)->sin_addr;
+	else if (peer->ss_family == AF_INET6)
+		address = &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr;
+	if (address == NULL || inet_ntop(peer->ss_family, address, out, (socklen_t)cap) == NULL)
+		snprintf(out, cap, "?");
+}
+
+static const char *or_dash(const char *text)
+{
+	return text != NULL && text[0] != '\0' ? text : "-";
+}
+
+void access_log_request(struct access_log *log, const struct access_log_entry *entry)
+{
+	char peer[INET6_ADDRSTRLEN], line[1024];
+	int length;
+
+	if (log == NULL)
+		return;
+	format_peer(entry->peer, peer, sizeof(peer));
+	length = snprintf(line, sizeof(line),
+			  "%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s "
+			  "upstream=%ld export=%s%s%s\n",
+			  peer, or_dash(entry->client), or_dash(entry->credential), entry->method,
+			  entry->path, entry->status, entry->bytes, entry->ms,
+			  or_dash(entry->cache), entry->upstream_status,
+			  or_dash(entry->export_id), entry->outcome ? " " : "",
+			  entry->outcome ? entry->outcome : "");
+	if (length <= 0)
+		return;
+	if ((size_t)length >= sizeof(line)) {
+		length = sizeof(line) - 1;
+		line[length - 1] = '\n';
+	}
+	access_log_append(log, line, (size_t)length);
 }

@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 /* Lines waiting for the writer, at most; beyond it new lines are dropped and counted. */
 #define ACCESS_LOG_BUFFER_BYTES (1024 * 1024)
@@ -33,5 +34,27 @@ void access_log_close(struct access_log *log);
 
 /* Queues one line (its newline included). Never blocks on I/O. NULL: off. */
 void access_log_append(struct access_log *log, const char *line, size_t length);
+
+/* One request, as the access log tells it. Strings are printable already. */
+struct access_log_entry {
+	const struct sockaddr_storage *peer;
+	const char *client;	/* "" when none */
+	const char *credential; /* "" when none */
+	const char *method;
+	const char *path; /* never the query string */
+	int status;
+	size_t bytes;
+	double ms;
+	const char *cache; /* X-Cache, or NULL */
+	long upstream_status;
+	const char *export_id; /* "" when none */
+	const char *outcome;   /* who ended it when not the usual way, or NULL */
+};
+
+/*
+ * Queues the entry's line: 'PEER client=C credential=K "METHOD PATH" STATUS
+ * BYTES MSms cache=X upstream=U export=ID [OUTCOME]'. NULL log: off.
+ */
+void access_log_request(struct access_log *log, const struct access_log_entry *entry);
 
 #endif

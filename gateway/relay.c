@@ -1,8 +1,8 @@
 /*
- * relay.c -- streams a CSV download from libcurl's write callback into the
- * client's connection. Above RELAY_HIGH_WATERMARK queued bytes the transfer is
- * paused; evhttp tells us when the queue has drained and it is resumed, so a
- * slow client costs at most the watermark plus libcurl's buffer.
+ * relay.c -- pumps a CSV download from libcurl's write callback to the server,
+ * which queues it for the client. Above RELAY_HIGH_WATERMARK queued bytes the
+ * transfer is paused; the server says when the queue has drained and it is
+ * resumed, so a slow client costs at most the watermark plus libcurl's buffer.
  */
 #include "relay.h"
 
@@ -12,7 +12,6 @@
 #include <strings.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -24,8 +23,6 @@
 #include "query.h"
 #include "upstream.h"
 
-static void on_drained(struct evhttp_connection *evcon, void *arg);
-
 /*
  * Response headers a download passes through, as design.md lists them. The
  * framing (Content-Length, Transfer-Encoding) is the gateway's own.
@@ -36,10 +33,9 @@ static const char *const passed_headers[] = {
 };
 
 struct relay {
-	struct evhttp_request *req;
 	struct upstream_call *call;
 	struct cache *cache;
-	struct evbuffer *chunk; /* handed to evhttp as one chunk, then empty again */
+	struct evbuffer *chunk; /* handed to the server as one piece, then empty again */
 	char *gathered;		/* RELAY_CHUNK bytes: body not yet in chunk */
 	size_t gathered_length;
 	struct event *flush;
@@ -87,11 +83,10 @@ static int is_json_type(const char *content_type)
 static enum upstream_mode on_headers(const struct upstream_head *head, void *arg)
 {
 	struct relay *relay = arg;
-	struct evkeyvalq *out = evhttp_request_get_output_headers(relay->req);
 	const struct evkeyvalq *headers = head->headers;
 	const char *type = evhttp_find_header(headers, "Content-Type");
+	struct evkeyvalq passed = { NULL, &passed.tqh_first };
 	long status = head->status;
-	char length[24];
 
 	/* Errors and JSON states are small: buffered, then answered like a status call. */
 	if (status < 200 || status >= 300 || type == NULL || is_json_type(type)) {
@@ -110,18 +105,15 @@ static enum upstream_mode on_headers(const struct upstream_head *head, void *arg
 	for (size_t i = 0; i < sizeof(passed_headers) / sizeof(passed_headers[0]); i++) {
 		const char *value = evhttp_find_header(headers, passed_headers[i]);
 
-		if (value != NULL && evhttp_add_header(out, passed_headers[i], value) < 0)
+		if (value != NULL && evhttp_add_header(&passed, passed_headers[i], value) < 0) {
+			evhttp_clear_headers(&passed);
 			return UPSTREAM_ABORT;
+		}
 	}
 	relay->expected = head->content_length;
-	if (head->content_length >= 0) {
-		snprintf(length, sizeof(length), "%lld", (long long)head->content_length);
-		if (evhttp_add_header(out, "Content-Length", length) < 0)
-			return UPSTREAM_ABORT;
-	}
 	relay->streaming = 1;
-	relay->events->started((int)status, relay->arg);
-	evhttp_send_reply_start(relay->req, (int)status, NULL);
+	relay->events->started((int)status, &passed, head->content_length, relay->arg);
+	evhttp_clear_headers(&passed);
 	/* HEAD: the headers were all the client wanted. */
 	return relay->head ? UPSTREAM_STOP : UPSTREAM_STREAM;
 }
@@ -134,10 +126,10 @@ static void free_gathered(const void *data, size_t length, void *extra)
 }
 
 /*
- * Hands what was gathered to evhttp as one chunk. The buffer itself goes into
- * the queue (shrunk to its content): no copy, and no evbuffer chain rounded up
- * to a power of two around a few KiB, which would double what a slow client's
- * queue costs.
+ * Hands what was gathered to the server as one piece. The buffer itself goes
+ * into the queue (shrunk to its content): no copy, and no evbuffer chain
+ * rounded up to a power of two around a few KiB, which would double what a slow
+ * client's queue costs.
  */
 static void flush(struct relay *relay)
 {
@@ -157,7 +149,9 @@ static void flush(struct relay *relay)
 		return;
 	}
 	relay->handed += length;
-	evhttp_send_reply_chunk_with_cb(relay->req, relay->chunk, on_drained, relay);
+	relay->events->piece(relay->chunk, relay->arg);
+	/* the server takes the bytes; what it leaves is not sent twice */
+	evbuffer_drain(relay->chunk, evbuffer_get_length(relay->chunk));
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
@@ -167,26 +161,19 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 	flush(arg);
 }
 
-static void on_drained(struct evhttp_connection *evcon, void *arg)
+void relay_drained(struct relay *relay)
 {
-	struct relay *relay = arg;
-
-	(void)evcon;
-	if (!relay->ended)
+	if (relay != NULL && !relay->ended)
 		upstream_resume(relay->call);
 }
 
 static int on_data(const char *bytes, size_t length, void *arg)
 {
 	struct relay *relay = arg;
-	struct evhttp_connection *evcon = evhttp_request_get_connection(relay->req);
-	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 	int overflow = 0;
 
-	if (bev == NULL)
-		return -1;
 	/* this piece included, so the queue never goes past the watermark */
-	if (evbuffer_get_length(bufferevent_get_output(bev)) + relay->gathered_length + length >
+	if (relay->events->queued(relay->arg) + relay->gathered_length + length >
 	    RELAY_HIGH_WATERMARK)
 		return 1;
 	/* never more than declared: the rest would be read as the client's next answer */
@@ -226,10 +213,8 @@ static void on_answer(const struct cache_answer *answer, void *arg)
 {
 	struct relay *relay = arg;
 
-	if (answer->status == 416 && relay->content_range != NULL)
-		evhttp_add_header(evhttp_request_get_output_headers(relay->req), "Content-Range",
-				  relay->content_range);
-	relay->events->answer(answer, relay->arg);
+	relay->events->answer(answer, answer->status == 416 ? relay->content_range : NULL,
+			      relay->arg);
 }
 
 static void on_done(const struct upstream_result *result, void *arg)
@@ -273,9 +258,9 @@ static const struct upstream_download_handlers handlers = {
 	.done = on_done,
 };
 
-struct relay *relay_start(struct upstream *upstream, struct cache *cache,
-			  const struct conf *conf, const struct conf_credential *credential,
-			  const struct query *q, struct evhttp_request *req,
+struct relay *relay_start(struct event_base *base, struct upstream *upstream,
+			  struct cache *cache, const struct conf *conf,
+			  const struct conf_credential *credential, const struct query *q,
 			  const struct relay_request *request, const struct relay_events *events,
 			  void *arg)
 {
@@ -283,7 +268,6 @@ struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 
 	if (relay == NULL)
 		return NULL;
-	relay->req = req;
 	relay->cache = cache;
 	relay->events = events;
 	relay->arg = arg;
@@ -294,8 +278,7 @@ struct relay *relay_start(struct upstream *upstream, struct cache *cache,
 	relay->user_id = strdup(credential->user_id);
 	snprintf(relay->export_id, sizeof(relay->export_id), "%s", q->data_export_id);
 	snprintf(relay->credential, sizeof(relay->credential), "%s", credential->name);
-	relay->flush = event_new(evhttp_connection_get_base(evhttp_request_get_connection(req)), -1,
-				 0, on_flush, relay);
+	relay->flush = event_new(base, -1, 0, on_flush, relay);
 	if (relay->chunk == NULL || relay->user_id == NULL || relay->flush == NULL)
 		goto fail;
 	relay->call = upstream_start_download(upstream, conf, credential, q, request->range,

@@ -1,27 +1,22 @@
 /*
- * server.c -- evhttp front end: routes, validates and answers client requests,
- * handing /export_status to upstream.c. One struct exchange per client request,
- * torn down in exactly one place, whichever way the request ends.
+ * server.c -- the evhttp front end's lifecycle, routing, replies and teardown:
+ * one struct exchange per client request (exchange.h), checked (checks.c),
+ * handed to its handler (export_status.c, download.c), answered here, and torn
+ * down in exactly one place whichever way it ends. Drain and reload too.
  */
 #include "config.h"
 
 #include "server.h"
+#include "exchange.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <linux/sockios.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 /* http_struct.h: the request's HTTP version and method, which 2.1 has no getter for */
@@ -40,69 +35,6 @@
 #include "query.h"
 #include "relay.h"
 #include "upstream.h"
-
-/* A download's client is looked at this many times per client_timeout. */
-#define SERVER_STALL_CHECKS 4
-
-/* The server's side of an open client connection (listeners.c keeps the rest). */
-struct connection {
-	struct exchange *exchange; /* the request being answered, NULL between them */
-};
-
-struct server {
-	struct event_base *base;
-	struct listeners *listeners;
-	struct conf *conf;
-	struct auth *auth;
-	struct upstream *upstream;
-	struct cache *cache;
-	struct access_log *access_log; /* NULL: off */
-	size_t active; /* requests begun and not yet completed or dropped */
-	size_t downloads; /* relays running, for max_downloads */
-	int draining;
-	void (*drained)(void *arg);
-	void *drained_arg;
-	struct event *drain_check;
-};
-
-struct exchange {
-	struct server *server;
-	struct evhttp_request *req;
-	struct evhttp_connection *connection;
-	struct connection *owner; /* NULL once the connection is gone */
-	enum route route;
-	struct cache_waiter *waiter;
-	struct relay *relay;
-	int download_counted; /* holds one of server->downloads */
-	int streaming;	      /* a relayed body is being sent */
-	int relay_ended;      /* the relay said how the body ended */
-	int close_when_flushed;
-	int must_close;	      /* the bytes after this request cannot be trusted */
-	int http10;	      /* an HTTP/1.0 client: no chunked framing */
-	const char *end_note; /* why it ended, when not the usual way */
-	struct event *client_watch; /* notices a client leaving while we wait */
-	struct evbuffer *output;    /* a download's: watched for progress */
-	struct evbuffer_cb_entry *output_watch;
-	struct event *stall_check; /* a download's client that takes nothing */
-	struct event *closer;	   /* closes a cut download once its bytes are out */
-	int64_t last_progress_ms;
-	uint64_t drained;	/* bytes that left the output buffer for the socket */
-	uint64_t drained_seen;	/* as the stall check last saw them */
-	int unsent_seen;	/* the socket's send queue, as the stall check last saw it */
-	struct timespec start;
-	enum evhttp_cmd_type method_type;
-	int head;
-	int status;
-	size_t bytes;
-	long upstream_status;
-	const char *cache_result; /* X-Cache value, NULL when none */
-	struct sockaddr_storage peer; /* formatted only when the access log is on */
-	char method[8];
-	char path[96];
-	char export_id[QUERY_MAX_ID_BYTES + 1];
-	char client[64];
-	char credential[64];
-};
 
 static const char *method_name(enum evhttp_cmd_type method)
 {
@@ -129,14 +61,6 @@ static const char *method_name(enum evhttp_cmd_type method)
 	return "OTHER";
 }
 
-static int64_t now_ms(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 static double elapsed_ms(const struct timespec *start)
 {
 	struct timespec now;
@@ -146,8 +70,7 @@ static double elapsed_ms(const struct timespec *start)
 	       (double)(now.tv_nsec - start->tv_nsec) / 1e6;
 }
 
-/* Copies client text for the log: printable ASCII kept, the rest as '?'. */
-static void copy_printable(char *out, size_t cap, const char *in)
+void exchange_copy_printable(char *out, size_t cap, const char *in)
 {
 	size_t n = 0;
 
@@ -167,7 +90,7 @@ static void copy_target_path(char *out, size_t cap, const char *target)
 	if (target != NULL)
 		memcpy(path, target, length);
 	path[length] = '\0';
-	copy_printable(out, cap, path);
+	exchange_copy_printable(out, cap, path);
 }
 
 static void remember_peer(struct exchange *ex)
@@ -180,235 +103,30 @@ static void remember_peer(struct exchange *ex)
 		memcpy(&ex->peer, peer, sizeof(struct sockaddr_in6));
 }
 
-static void format_peer(const struct sockaddr_storage *peer, char *out, size_t cap)
-{
-	const void *address = NULL;
-
-	if (peer->ss_family == AF_INET)
-		address = &((const struct sockaddr_in *)(const void *)peer)->sin_addr;
-	else if (peer->ss_family == AF_INET6)
-		address = &((const struct sockaddr_in6 *)(const void *)peer)->sin6_addr;
-	if (address == NULL || inet_ntop(peer->ss_family, address, out, (socklen_t)cap) == NULL)
-		snprintf(out, cap, "?");
-}
-
 static void access_log_write(const struct exchange *ex, const char *outcome)
 {
-	char peer[INET6_ADDRSTRLEN], line[1024];
-	int length;
+	struct access_log_entry entry = {
+		.peer = &ex->peer,
+		.client = ex->client,
+		.credential = ex->credential,
+		.method = ex->method,
+		.path = ex->path,
+		.status = ex->status,
+		.bytes = ex->bytes,
+		.ms = elapsed_ms(&ex->start),
+		.cache = ex->cache_result,
+		.upstream_status = ex->upstream_status,
+		.export_id = ex->export_id,
+		.outcome = outcome,
+	};
 
-	if (ex->server->access_log == NULL)
-		return;
-	format_peer(&ex->peer, peer, sizeof(peer));
-	length = snprintf(line, sizeof(line),
-			  "%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s "
-			  "upstream=%ld export=%s%s%s\n",
-			  peer, ex->client[0] ? ex->client : "-",
-			  ex->credential[0] ? ex->credential : "-", ex->method, ex->path,
-			  ex->status, ex->bytes, elapsed_ms(&ex->start),
-			  ex->cache_result ? ex->cache_result : "-", ex->upstream_status,
-			  ex->export_id[0] ? ex->export_id : "-", outcome ? " " : "",
-			  outcome ? outcome : "");
-	if (length <= 0)
-		return;
-	if ((size_t)length >= sizeof(line)) {
-		length = sizeof(line) - 1;
-		line[length - 1] = '\n';
-	}
-	access_log_append(ex->server->access_log, line, (size_t)length);
+	access_log_request(ex->server->access_log, &entry);
 }
 
 static void server_check_drained(struct server *server)
 {
 	if (server->draining && server->active == 0 && server->drain_check != NULL)
 		event_active(server->drain_check, EV_TIMEOUT, 0);
-}
-
-static void client_watch_stop(struct exchange *ex)
-{
-	if (ex->client_watch != NULL)
-		event_free(ex->client_watch);
-	ex->client_watch = NULL;
-}
-
-/*
- * libevent 2.1 stops reading a connection while its request is being answered,
- * so it would notice a client that hung up only when the answer is written. We
- * watch the socket ourselves meanwhile, as nginx does. A FIN shows as EV_CLOSED
- * (epoll's EPOLLRDHUP, seen even behind unread bytes such as a TLS close_notify);
- * a reset as EPOLLERR|EPOLLHUP, which libevent reports as EV_READ|EV_WRITE, never
- * as EV_CLOSED: so the watch takes EV_READ too, edge-triggered, so that bytes a
- * client sends meanwhile (a pipelined request) wake it once, not on every turn.
- * The client gone, the connection is closed now, which aborts the upstream call
- * through on_connection_closed.
- */
-static void on_client_watch(evutil_socket_t fd, short what, void *arg)
-{
-	struct exchange *ex = arg;
-	socklen_t length = sizeof(int);
-	int error = 0;
-	char byte;
-	ssize_t n;
-
-	if (!(what & EV_CLOSED)) {
-		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error != 0) {
-			ex->end_note = "client-reset";
-		} else {
-			n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-			if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
-						errno == EINTR)))
-				return; /* bytes waiting, or nothing after all */
-		}
-	}
-	evhttp_connection_free(ex->connection);
-}
-
-static void client_watch_start(struct exchange *ex)
-{
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
-	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-	short kind = EV_READ | EV_ET | EV_PERSIST;
-
-	if (fd < 0)
-		return;
-	if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
-		kind |= EV_CLOSED;
-	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
-	if (ex->client_watch != NULL && event_add(ex->client_watch, NULL) == 0)
-		return;
-	/*
-	 * libevent refuses an edge-triggered event beside a level-triggered one on
-	 * the same socket (a TLS bufferevent may keep one): a FIN is still seen.
-	 */
-	client_watch_stop(ex);
-	kind &= ~(EV_ET | EV_READ);
-	ex->client_watch = kind & EV_CLOSED ? event_new(ex->server->base, fd, kind,
-							  on_client_watch, ex)
-					    : NULL;
-	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
-		log_warn("%s: cannot watch the client connection", __func__);
-		client_watch_stop(ex);
-	}
-}
-
-/* Download progress: the client's output buffer drains, or nothing is owed. */
-
-static void output_watch_stop(struct exchange *ex)
-{
-	if (ex->output_watch != NULL)
-		evbuffer_remove_cb_entry(ex->output, ex->output_watch);
-	ex->output_watch = NULL;
-	if (ex->stall_check != NULL)
-		event_free(ex->stall_check);
-	ex->stall_check = NULL;
-	if (ex->closer != NULL)
-		event_free(ex->closer);
-	ex->closer = NULL;
-}
-
-static void on_output(struct evbuffer *buffer, const struct evbuffer_cb_info *info, void *arg)
-{
-	struct exchange *ex = arg;
-
-	ex->drained += info->n_deleted;
-	/* not from here: we are inside the bufferevent's write */
-	if (ex->close_when_flushed && evbuffer_get_length(buffer) == 0)
-		event_active(ex->closer, EV_TIMEOUT, 0);
-}
-
-static void on_closer(evutil_socket_t fd, short what, void *arg)
-{
-	struct exchange *ex = arg;
-
-	(void)fd;
-	(void)what;
-	evhttp_connection_free(ex->connection);
-}
-
-/* Bytes in the socket's send queue, not yet acknowledged by the client; -1 unknown. */
-static int socket_unsent(struct exchange *ex)
-{
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
-	evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
-	int unsent = -1;
-
-	if (fd < 0 || ioctl(fd, SIOCOUTQ, &unsent) != 0)
-		return -1;
-	return unsent;
-}
-
-static void stall_check_arm(struct exchange *ex)
-{
-	int64_t every = ex->server->conf->client_timeout_ms / SERVER_STALL_CHECKS;
-	struct timeval next;
-
-	if (every < 1)
-		every = 1;
-	next.tv_sec = every / 1000;
-	next.tv_usec = (every % 1000) * 1000;
-	if (evtimer_add(ex->stall_check, &next) < 0)
-		log_warn("%s: cannot arm the stall check", __func__);
-}
-
-/*
- * client_timeout for a download means no progress at all. evhttp's timeouts are
- * off while it streams: its read timeout cuts a client that reads slowly but
- * steadily (a reader sends nothing), and its write timeout counts the time the
- * kernel waits for half of a large send buffer to drain before it says
- * "writable" again (minutes at 16 KB/s). Progress is the client acknowledging
- * bytes (the socket's send queue shrinks) or the gateway handing the kernel
- * more; a client that is owed bytes and does neither for client_timeout is cut.
- * (A reader's TCP stack opens its window again only once about half its receive
- * buffer is free, so progress shows every buffer / (2 x rate): a reader of
- * 16 KB/s with Linux's default 128 KiB buffer shows it every 4 s.)
- */
-static void on_stall_check(evutil_socket_t fd, short what, void *arg)
-{
-	struct exchange *ex = arg;
-	int64_t now = now_ms();
-	int unsent = socket_unsent(ex);
-
-	(void)fd;
-	(void)what;
-	if ((evbuffer_get_length(ex->output) == 0 && unsent <= 0) ||
-	    ex->drained != ex->drained_seen || unsent < ex->unsent_seen || unsent < 0)
-		ex->last_progress_ms = now;
-	ex->drained_seen = ex->drained;
-	ex->unsent_seen = unsent;
-	if (now - ex->last_progress_ms >= ex->server->conf->client_timeout_ms) {
-		ex->end_note = "client-timeout";
-		evhttp_connection_free(ex->connection);
-		return;
-	}
-	stall_check_arm(ex);
-}
-
-static int output_watch_start(struct exchange *ex)
-{
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
-
-	if (bev == NULL)
-		return -1;
-	ex->output = bufferevent_get_output(bev);
-	ex->last_progress_ms = now_ms();
-	ex->unsent_seen = -1;
-	ex->output_watch = evbuffer_add_cb(ex->output, on_output, ex);
-	ex->stall_check = evtimer_new(ex->server->base, on_stall_check, ex);
-	ex->closer = event_new(ex->server->base, -1, 0, on_closer, ex);
-	if (ex->output_watch == NULL || ex->stall_check == NULL || ex->closer == NULL) {
-		output_watch_stop(ex);
-		return -1;
-	}
-	stall_check_arm(ex);
-	bufferevent_set_timeouts(bev, NULL, NULL);
-	return 0;
-}
-
-static void download_release(struct exchange *ex)
-{
-	if (ex->download_counted)
-		ex->server->downloads--;
-	ex->download_counted = 0;
 }
 
 /*
@@ -418,10 +136,11 @@ static void download_release(struct exchange *ex)
 static void exchange_close(struct exchange *ex, const char *outcome)
 {
 	struct server *server = ex->server;
-
 	int restore_timeouts = ex->output_watch != NULL;
 
-	if (ex->relay != NULL && ex->streaming) {
+	if (ex->relay != NULL &&
+	    (ex->state == EXCHANGE_STREAMING || ex->state == EXCHANGE_CUTTING ||
+	     ex->state == EXCHANGE_REPLIED)) {
 		/* body bytes that left, not those still queued when the end came */
 		uint64_t handed = relay_bytes_handed(ex->relay);
 		size_t queued = ex->output != NULL ? evbuffer_get_length(ex->output) : 0;
@@ -430,15 +149,15 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	}
 	access_log_write(ex, outcome);
 	metrics_request(ex->route, ex->status);
-	client_watch_stop(ex);
-	output_watch_stop(ex);
+	watch_client_stop(ex);
+	watch_progress_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
-	if (ex->streaming && !ex->relay_ended)
+	if (ex->state == EXCHANGE_STREAMING)
 		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
+	download_release(ex);
 	relay_free(ex->relay);
 	ex->relay = NULL;
-	download_release(ex);
 	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
 		listeners_idle(server->listeners, ex->connection, restore_timeouts);
@@ -492,7 +211,7 @@ static void on_connection_closed(struct evhttp_connection *evcon, void *context,
  * neutralised first. The client's unread bytes are drained before the close
  * (listeners_linger), so the kernel does not reset the answer away.
  */
-static void close_after_reply(struct exchange *ex)
+void exchange_close_after_reply(struct exchange *ex)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
 
@@ -506,19 +225,20 @@ static void close_after_reply(struct exchange *ex)
 		listeners_linger(ex->server->listeners, ex->connection);
 }
 
-static void reply(struct exchange *ex, int status, const char *content_type,
-		  struct evbuffer *body)
+void exchange_reply(struct exchange *ex, int status, const char *content_type,
+		    struct evbuffer *body)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
 	size_t length = body ? evbuffer_get_length(body) : 0;
 	char length_text[32];
 
+	ex->state = EXCHANGE_REPLIED;
 	ex->status = status;
 	ex->bytes = ex->head ? 0 : length;
 	if (content_type != NULL)
 		evhttp_add_header(headers, "Content-Type", content_type);
 	if (ex->server->draining || ex->must_close)
-		close_after_reply(ex);
+		exchange_close_after_reply(ex);
 	if (ex->head) {
 		/* Same headers as GET, no body: evhttp would otherwise send it. */
 		snprintf(length_text, sizeof(length_text), "%zu", length);
@@ -528,8 +248,8 @@ static void reply(struct exchange *ex, int status, const char *content_type,
 	evhttp_send_reply(ex->req, status, NULL, body);
 }
 
-static void reply_error(struct exchange *ex, int status, const char *code,
-			const char *message)
+void exchange_reply_error(struct exchange *ex, int status, const char *code,
+			  const char *message)
 {
 	struct evbuffer *body = evbuffer_new();
 	size_t length = 0;
@@ -541,7 +261,7 @@ static void reply_error(struct exchange *ex, int status, const char *code,
 			evbuffer_drain(body, evbuffer_get_length(body));
 	}
 	free(text);
-	reply(ex, status, "application/json", body);
+	exchange_reply(ex, status, "application/json", body);
 	if (body != NULL)
 		evbuffer_free(body);
 }
@@ -553,10 +273,10 @@ static void reply_json_text(struct exchange *ex, int status, const char *text)
 	if (body == NULL || evbuffer_add(body, text, strlen(text)) < 0) {
 		if (body != NULL)
 			evbuffer_free(body);
-		reply_error(ex, 500, "internal", "out of memory");
+		exchange_reply_error(ex, 500, "internal", "out of memory");
 		return;
 	}
-	reply(ex, status, "application/json", body);
+	exchange_reply(ex, status, "application/json", body);
 	evbuffer_free(body);
 }
 
@@ -606,227 +326,22 @@ static void add_cache_headers(struct exchange *ex, const struct cache_answer *an
 	evhttp_add_header(headers, "Cache-Control", text);
 }
 
-static void reply_answer(struct exchange *ex, const struct cache_answer *answer)
+void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer)
 {
 	struct evbuffer *body = evbuffer_new();
 
 	if (body == NULL || evbuffer_add(body, answer->body, answer->body_length) < 0) {
 		if (body != NULL)
 			evbuffer_free(body);
-		reply_error(ex, 500, "internal", "out of memory");
+		exchange_reply_error(ex, 500, "internal", "out of memory");
 		return;
 	}
 	ex->upstream_status = answer->status;
 	add_cache_headers(ex, answer);
 	ex->cache_result = x_cache_names[answer->result];
 	metrics_cache(cache_metric[answer->result]);
-	reply(ex, answer->status, answer->content_type, body);
+	exchange_reply(ex, answer->status, answer->content_type, body);
 	evbuffer_free(body);
-}
-
-static void on_answer(const struct cache_answer *answer, void *arg)
-{
-	struct exchange *ex = arg;
-
-	ex->waiter = NULL;
-	client_watch_stop(ex);
-	reply_answer(ex, answer);
-}
-
-static void on_relay_answer(const struct cache_answer *answer, void *arg)
-{
-	struct exchange *ex = arg;
-
-	ex->relay_ended = 1;
-	download_release(ex);
-	client_watch_stop(ex);
-	reply_answer(ex, answer);
-}
-
-static void on_relay_refused(int status, const char *code, const char *message, void *arg)
-{
-	struct exchange *ex = arg;
-
-	ex->relay_ended = 1;
-	download_release(ex);
-	client_watch_stop(ex);
-	ex->must_close = 1;
-	if (status == 426)
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Upgrade",
-				  "HTTP/1.1");
-	reply_error(ex, status, code, message);
-}
-
-static void on_relay_started(int status, void *arg)
-{
-	struct exchange *ex = arg;
-
-	/* evhttp watches the connection itself while it writes */
-	client_watch_stop(ex);
-	ex->status = status;
-	ex->upstream_status = status;
-	ex->streaming = 1;
-	/* a 1.0 body is framed by its length; the connection is not reused after it */
-	if (ex->http10 || ex->server->draining)
-		close_after_reply(ex);
-	if (output_watch_start(ex) < 0)
-		log_warn("%s: cannot watch the download's progress", __func__);
-	metrics_download_started();
-}
-
-static void on_relay_ended(enum relay_end how, uint64_t bytes, void *arg)
-{
-	struct exchange *ex = arg;
-
-	(void)bytes;
-	ex->relay_ended = 1;
-	download_release(ex);
-	if (how == RELAY_COMPLETE) {
-		metrics_download_finished(METRICS_DOWNLOAD_COMPLETE);
-		evhttp_send_reply_end(ex->req); /* may end the exchange before it returns */
-		return;
-	}
-	metrics_download_finished(METRICS_DOWNLOAD_FAILED);
-	ex->end_note = "upstream-failed-mid-body";
-	/*
-	 * No final chunk, or short of Content-Length: the client sees a truncated
-	 * file. What it was sent so far goes out first, then the connection closes
-	 * (on_output sees the queue empty; with nothing queued, that is now).
-	 */
-	listeners_linger(ex->server->listeners, ex->connection);
-	ex->close_when_flushed = 1;
-	if (ex->closer == NULL)
-		evhttp_connection_free(ex->connection);
-	else if (ex->output == NULL || evbuffer_get_length(ex->output) == 0)
-		event_active(ex->closer, EV_TIMEOUT, 0);
-}
-
-static const struct relay_events relay_events = {
-	.answer = on_relay_answer,
-	.refused = on_relay_refused,
-	.started = on_relay_started,
-	.ended = on_relay_ended,
-};
-
-static void start_download(struct exchange *ex, const struct conf_credential *credential,
-			   const struct query *q)
-{
-	struct server *server = ex->server;
-	struct relay_request request = { .head = ex->head, .needs_length = ex->http10 };
-
-	const struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
-
-	if (checks_forwarded_header(headers, "Range", &request.range) < 0 ||
-	    checks_forwarded_header(headers, "If-Range", &request.if_range) < 0) {
-		reply_error(ex, 400, "bad_request", "Range or If-Range is malformed or too long");
-		return;
-	}
-	if (server->downloads >= (size_t)server->conf->max_downloads) {
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", "1");
-		reply_error(ex, 503, "too_many_downloads",
-			    "max_downloads downloads are running; retry shortly");
-		return;
-	}
-	ex->relay = relay_start(server->upstream, server->cache, server->conf, credential, q,
-				ex->req, &request, &relay_events, ex);
-	if (ex->relay == NULL) {
-		reply_error(ex, 503, "unavailable", "the upstream request could not be started");
-		return;
-	}
-	server->downloads++;
-	ex->download_counted = 1;
-	client_watch_start(ex);
-}
-
-/* 401 with the challenge, or the client's index; -1 without [client] sections. */
-static int authenticate(struct exchange *ex, int *client)
-{
-	struct server *server = ex->server;
-	const struct sockaddr *peer = evhttp_connection_get_addr(ex->connection);
-	const char *authorization;
-	int wait;
-	char text[16];
-
-	*client = -1;
-	if (!auth_tokens_required(server->auth))
-		return 0;
-	wait = peer != NULL ? auth_failure_wait(server->auth, peer) : 0;
-	if (wait > 0) {
-		snprintf(text, sizeof(text), "%d", wait);
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After",
-				  text);
-		reply_error(ex, 429, "rate_limited",
-			    "too many requests with a bad token from this address; retry later");
-		return -1;
-	}
-	authorization = evhttp_find_header(evhttp_request_get_input_headers(ex->req),
-					   "Authorization");
-	*client = auth_client(server->auth, authorization);
-	if (*client < 0) {
-		if (peer != NULL)
-			auth_failure_record(server->auth, peer);
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req),
-				  "WWW-Authenticate", "Bearer realm=\"gumloop-gateway\"");
-		reply_error(ex, 401, "unauthorized",
-			    authorization ? "the bearer token is not valid"
-					  : "a bearer token is required");
-		return -1;
-	}
-	copy_printable(ex->client, sizeof(ex->client), server->conf->clients[*client].name);
-	return 0;
-}
-
-/* 429 with Retry-After when the client is over its rate. */
-static int rate_limit(struct exchange *ex, int client)
-{
-	int retry_after = auth_rate_take(ex->server->auth, client);
-	char text[16];
-
-	if (retry_after == 0)
-		return 0;
-	snprintf(text, sizeof(text), "%d", retry_after);
-	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
-	reply_error(ex, 429, "rate_limited", "this client is over its rate; retry later");
-	return -1;
-}
-
-static void handle_export_status(struct exchange *ex)
-{
-	struct server *server = ex->server;
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
-	const struct conf_credential *credential;
-	const char *message = NULL;
-	struct cache_answer answer;
-	struct query q;
-	int client, index;
-
-	if (authenticate(ex, &client) < 0 || rate_limit(ex, client) < 0)
-		return;
-	if (query_parse(evhttp_uri_get_query(uri), &q, &message) < 0) {
-		reply_error(ex, 400, "bad_request", message);
-		return;
-	}
-	copy_printable(ex->export_id, sizeof(ex->export_id), q.data_export_id);
-	index = auth_credential(server->auth, client, q.has_user_id ? q.user_id : NULL);
-	if (index < 0) {
-		reply_error(ex, 403, "forbidden", "this user_id may not be used by this client");
-		return;
-	}
-	credential = &server->conf->credentials[index];
-	copy_printable(ex->credential, sizeof(ex->credential), credential->name);
-	if (cache_lookup(server->cache, credential, &q, &answer)) {
-		reply_answer(ex, &answer);
-		return;
-	}
-	if (q.download) {
-		start_download(ex, credential, &q);
-		return;
-	}
-	ex->waiter = cache_wait(server->cache, credential, &q, on_answer, ex);
-	if (ex->waiter == NULL)
-		reply_error(ex, 503, "unavailable", "the upstream request could not be started");
-	else
-		client_watch_start(ex);
 }
 
 static void handle_metrics(struct exchange *ex)
@@ -836,10 +351,10 @@ static void handle_metrics(struct exchange *ex)
 	if (body == NULL || metrics_render(body) < 0) {
 		if (body != NULL)
 			evbuffer_free(body);
-		reply_error(ex, 500, "internal", "out of memory");
+		exchange_reply_error(ex, 500, "internal", "out of memory");
 		return;
 	}
-	reply(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
+	exchange_reply(ex, 200, "text/plain; version=0.0.4; charset=utf-8", body);
 	evbuffer_free(body);
 }
 
@@ -848,7 +363,7 @@ static void reply_refusal(struct exchange *ex, const struct refusal *refusal)
 	if (refusal->allow != NULL)
 		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Allow",
 				  refusal->allow);
-	reply_error(ex, refusal->status, refusal->code, refusal->message);
+	exchange_reply_error(ex, refusal->status, refusal->code, refusal->message);
 }
 
 static void handle_request(struct exchange *ex)
@@ -873,7 +388,7 @@ static void handle_request(struct exchange *ex)
 	else
 		allowed = peer != NULL && auth_address_allowed(ex->server->auth, peer);
 	if (!allowed) {
-		reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
+		exchange_reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
 		return;
 	}
 	if (checks_request(&head, ex->route, &refusal)) {
@@ -882,7 +397,7 @@ static void handle_request(struct exchange *ex)
 	}
 	switch (ex->route) {
 	case ROUTE_EXPORT_STATUS:
-		handle_export_status(ex);
+		export_status_handle(ex);
 		return;
 	case ROUTE_HEALTHZ:
 		reply_json_text(ex, 200, "{\"status\":\"ok\"}");

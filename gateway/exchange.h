@@ -1,0 +1,156 @@
+/*
+ * exchange.h -- one client request from its parsing to its teardown, shared by
+ * the server's own files (server.c: lifecycle, routing, replies, teardown;
+ * export_status.c: the /export_status handler; download.c: download=true;
+ * watch.c: noticing a client that left or stalled). Not an API for the rest of
+ * the gateway: server.h is.
+ *
+ * A request goes through the states below, in that order, and ends in
+ * exchange_close (called by server.c only), whichever way it ends.
+ */
+#ifndef GATEWAY_EXCHANGE_H
+#define GATEWAY_EXCHANGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/http.h>
+
+#include "query.h"
+#include "route.h"
+
+struct access_log;
+struct auth;
+struct cache;
+struct cache_answer;
+struct cache_waiter;
+struct conf;
+struct conf_credential;
+struct evbuffer;
+struct evbuffer_cb_entry;
+struct event;
+struct event_base;
+struct listeners;
+struct relay;
+struct upstream;
+
+struct server {
+	struct event_base *base;
+	struct listeners *listeners;
+	struct conf *conf;
+	struct auth *auth;
+	struct upstream *upstream;
+	struct cache *cache;
+	struct access_log *access_log; /* NULL: off */
+	size_t active;	  /* requests begun and not yet completed or dropped */
+	size_t downloads; /* downloads holding a max_downloads slot */
+	int draining;
+	void (*drained)(void *arg);
+	void *drained_arg;
+	struct event *drain_check;
+};
+
+/* The server's side of an open client connection (listeners.c keeps the rest). */
+struct connection {
+	struct exchange *exchange; /* the request being answered, NULL between them */
+};
+
+enum exchange_state {
+	EXCHANGE_CHECKING,	/* routing, checks, the handler: nothing sent yet */
+	EXCHANGE_WAITING,	/* a status call waits for the cache's answer (waiter) */
+	EXCHANGE_DOWNLOAD_HEAD, /* a download waits for upstream's head (relay, a slot) */
+	EXCHANGE_STREAMING,	/* a download's body flows (relay, a slot) */
+	EXCHANGE_CUTTING,	/* upstream failed mid-body: closed once its bytes are out */
+	EXCHANGE_REPLIED,	/* the whole reply is evhttp's to write */
+};
+
+struct exchange {
+	struct server *server;
+	struct evhttp_request *req;
+	struct evhttp_connection *connection; /* NULL once the connection is gone */
+	struct connection *owner;	      /* NULL once the connection is gone */
+	enum exchange_state state;
+	enum route route;
+	struct cache_waiter *waiter; /* EXCHANGE_WAITING */
+	struct relay *relay;	     /* a download's, until the exchange closes */
+	int must_close;		     /* the bytes after this request cannot be trusted */
+	int http10;		     /* an HTTP/1.0 client: no chunked framing */
+	int head;		     /* HEAD: the reply has no body */
+	enum evhttp_cmd_type method_type;
+	const char *end_note; /* why it ended, when not the usual way */
+	/* watch.c */
+	struct event *client_watch; /* notices a client leaving while we wait */
+	struct evbuffer *output;    /* a download's: watched for progress */
+	struct evbuffer_cb_entry *output_watch;
+	struct event *stall_check; /* a download's client that takes nothing */
+	struct event *closer;	   /* closes a cut download once its bytes are out */
+	int64_t last_progress_ms;
+	uint64_t drained;      /* bytes that left the output buffer for the socket */
+	uint64_t drained_seen; /* as the stall check last saw them */
+	int unsent_seen;       /* the socket's send queue, as the stall check last saw it */
+	/* the access log's */
+	struct timespec start;
+	int status;
+	size_t bytes;
+	long upstream_status;
+	const char *cache_result; /* X-Cache value, NULL when none */
+	struct sockaddr_storage peer;
+	char method[8];
+	char path[96];
+	char export_id[QUERY_MAX_ID_BYTES + 1];
+	char client[64];
+	char credential[64];
+};
+
+/* server.c: replies. Each sets ex->status; ex moves to EXCHANGE_REPLIED. */
+
+/* A whole reply; body may be NULL and stays the caller's. */
+void exchange_reply(struct exchange *ex, int status, const char *content_type,
+		    struct evbuffer *body);
+/* {"error":code,"message":message} with status. */
+void exchange_reply_error(struct exchange *ex, int status, const char *code,
+			  const char *message);
+/* A status answer from the cache, with its X-Cache, Cache-Status, Age, Cache-Control. */
+void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer);
+/*
+ * The reply that goes out next is the connection's last (Connection: close; the
+ * socket lingers for what the client still sends).
+ */
+void exchange_close_after_reply(struct exchange *ex);
+/* Copies client-controlled text for the log: printable ASCII, the rest as '?'. */
+void exchange_copy_printable(char *out, size_t cap, const char *in);
+
+/* export_status.c: GET|HEAD /export_status, checks passed. */
+void export_status_handle(struct exchange *ex);
+
+/* download.c */
+
+/* download=true for credential and q: a slot, the relay, the reply. */
+void download_start(struct exchange *ex, const struct conf_credential *credential,
+		    const struct query *q);
+/* Gives back the exchange's max_downloads slot, if it holds one. */
+void download_release(struct exchange *ex);
+
+/* watch.c */
+
+/*
+ * Watches the client while nothing is written to it (a status call waiting, a
+ * download before its head): a close or a reset frees the connection at once.
+ */
+void watch_client_start(struct exchange *ex);
+void watch_client_stop(struct exchange *ex);
+/*
+ * A download's progress: evhttp's timeouts off, the client cut after
+ * client_timeout without progress, and (once ex is EXCHANGE_CUTTING) the
+ * connection closed as soon as its queue is written. -1 when it cannot watch.
+ */
+int watch_progress_start(struct exchange *ex);
+void watch_progress_stop(struct exchange *ex);
+/* A cut download: close as soon as what is queued is out (maybe right away). */
+void watch_close_when_flushed(struct exchange *ex);
+/* Bytes queued for the client in the connection's output buffer. */
+size_t watch_queued(const struct exchange *ex);
+
+#endif
