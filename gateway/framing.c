@@ -5,6 +5,7 @@
  */
 #include "framing.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -126,4 +127,53 @@ int framing_check(long status, const struct evkeyvalq *headers, int64_t *content
 	}
 	*content_length = length;
 	return 0;
+}
+
+/* RFC 9110 token characters: what a header name is made of. */
+static int is_token_char(char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+int framing_header_line(const char *line, size_t length, struct evkeyvalq *headers,
+			const char **why)
+{
+	char *copy = malloc(length + 1);
+	char *colon, *value, *end;
+	int result = -1;
+
+	if (copy == NULL) {
+		*why = "out of memory";
+		return -1;
+	}
+	memcpy(copy, line, length);
+	copy[length] = '\0';
+	colon = strchr(copy, ':');
+	for (char *c = copy; colon != NULL && c < colon; c++) {
+		if (!is_token_char(*c))
+			colon = NULL;
+	}
+	if (colon == NULL || colon == copy || memchr(copy, '\0', length) != NULL) {
+		*why = "the upstream sent a malformed header line";
+		goto done;
+	}
+	*colon = '\0';
+	for (value = colon + 1; *value == ' ' || *value == '\t'; value++)
+		;
+	for (end = value + strlen(value); end > value && (end[-1] == '\r' || end[-1] == '\n' ||
+							  end[-1] == ' ' || end[-1] == '\t');
+	     end--)
+		;
+	*end = '\0';
+	if (strpbrk(value, "\r\n") != NULL) {
+		*why = "the upstream sent a malformed header line";
+		goto done;
+	}
+	result = evhttp_add_header(headers, copy, value);
+	if (result < 0)
+		*why = "out of memory";
+done:
+	free(copy);
+	return result;
 }

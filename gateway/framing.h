@@ -8,6 +8,7 @@
 #ifndef GATEWAY_FRAMING_H
 #define GATEWAY_FRAMING_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct evkeyvalq;
@@ -26,5 +27,15 @@ struct evkeyvalq;
  */
 int framing_check(long status, const struct evkeyvalq *headers, int64_t *content_length,
 		  const char **why);
+
+/*
+ * One "Name: value" line of a response head (as libcurl hands it over, CRLF
+ * included) added to headers, the value trimmed. A line that is not one (no
+ * colon, a name that is not a token, obs-fold continuation, a NUL or bare CR)
+ * makes the head untrustworthy (RFC 9112 5.2 lets a gateway answer 502 for a
+ * folded one). Returns 0, or -1 with a reason in *why.
+ */
+int framing_header_line(const char *line, size_t length, struct evkeyvalq *headers,
+			const char **why);
 
 #endif

@@ -29,9 +29,9 @@
 
 #include "conf.h"
 #include "framing.h"
-#include "hash.h"
 #include "log.h"
 #include "metrics.h"
+#include "pool.h"
 #include "query.h"
 
 #include <utlist.h>
@@ -41,43 +41,16 @@
 /* libcurl's own lifetime for a parsed CA bundle. */
 #define UPSTREAM_CA_CACHE_SECONDS (24L * 3600)
 
-struct upstream;
-
-/* One multi handle: its connections are shared by its calls only. */
-struct upstream_pool {
-	struct upstream *upstream;
-	CURLM *multi;
-	struct event *timer;
-};
-
-/*
- * A connection libcurl keeps for reuse, between two transfers. Anything that
- * arrives on it now (a second response, a close) must not be read as the answer
- * to the next request, and it must not stay open for ever: either way it is shut
- * down, and libcurl finds it dead and closes it before it would reuse it.
- */
-struct idle_connection {
-	curl_socket_t fd; /* hash key */
-	uint32_t ports;	  /* local port << 16 | remote port: the key of by_ports */
-	struct upstream *upstream;
-	struct event *watch; /* readable, or idle for upstream_keepalive_timeout */
-	UT_hash_handle hh, by_ports;
-};
-
 struct upstream {
 	struct event_base *base;
-	struct upstream_pool status, download;
+	struct pools *pools;
 	struct upstream_call *calls; /* every running call, for cancel-all */
-	struct upstream_socket *watched; /* sockets libcurl waits on, by fd */
-	struct idle_connection *idle;
-	struct idle_connection *idle_by_ports; /* the same, found from prereq_cb */
-	struct timeval keepalive;
 	int64_t applied_ms; /* when the config (and its CA bundle) was applied */
 };
 
 struct upstream_call {
 	struct upstream *upstream;
-	struct upstream_pool *pool;
+	enum pool_kind pool;
 	CURL *easy;
 	struct curl_slist *headers; /* holds the API key: wiped before free */
 	struct evbuffer *body;
@@ -106,14 +79,6 @@ struct upstream_call {
 	char error[CURL_ERROR_SIZE];
 };
 
-/* One per socket curl watches; reached through curl_multi_assign, or by fd. */
-struct upstream_socket {
-	curl_socket_t fd; /* hash key */
-	struct event *event;
-	UT_hash_handle hh;
-};
-
-static void check_multi_info(struct upstream_pool *pool);
 static void call_finish(struct upstream_call *call, CURLcode code);
 
 static int64_t now_ms(void)
@@ -131,56 +96,6 @@ static struct timeval timeval_of(int64_t ms)
 	return tv;
 }
 
-/* Idle pooled connections. */
-
-static void idle_forget(struct upstream *upstream, curl_socket_t fd)
-{
-	struct idle_connection *idle = NULL;
-
-	HASH_FIND_INT(upstream->idle, &fd, idle);
-	if (idle == NULL)
-		return;
-	HASH_DEL(upstream->idle, idle);
-	if (idle->ports != 0)
-		HASH_DELETE(by_ports, upstream->idle_by_ports, idle);
-	event_free(idle->watch);
-	free(idle);
-}
-
-/* local port << 16 | remote port of a connected socket, or 0. */
-static uint32_t socket_ports(curl_socket_t fd)
-{
-	struct sockaddr_storage local, remote;
-	socklen_t local_length = sizeof(local), remote_length = sizeof(remote);
-	unsigned local_port, remote_port;
-
-	if (getsockname(fd, (struct sockaddr *)&local, &local_length) != 0 ||
-	    getpeername(fd, (struct sockaddr *)&remote, &remote_length) != 0)
-		return 0;
-	if (local.ss_family == AF_INET && remote.ss_family == AF_INET) {
-		local_port = ntohs(((struct sockaddr_in *)&local)->sin_port);
-		remote_port = ntohs(((struct sockaddr_in *)&remote)->sin_port);
-	} else if (local.ss_family == AF_INET6 && remote.ss_family == AF_INET6) {
-		local_port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
-		remote_port = ntohs(((struct sockaddr_in6 *)&remote)->sin6_port);
-	} else {
-		return 0;
-	}
-	return (uint32_t)local_port << 16 | remote_port;
-}
-
-/* Readable while idle (stray bytes, a close) or idle too long: shut it down. */
-static void on_idle_connection(evutil_socket_t fd, short what, void *arg)
-{
-	struct idle_connection *idle = arg;
-
-	log_debug("upstream connection %d %s while pooled: shut down", (int)fd,
-		  (what & EV_READ) ? "readable" : "idle too long");
-	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
-		log_warn("%s: shutdown: %s", __func__, strerror(errno));
-	idle_forget(idle->upstream, (curl_socket_t)fd);
-}
-
 /* The SSL of the connection the call used, or NULL. */
 static SSL *call_ssl(struct upstream_call *call)
 {
@@ -192,253 +107,38 @@ static SSL *call_ssl(struct upstream_call *call)
 	return info->internals;
 }
 
-/*
- * A transfer ended cleanly and libcurl kept its connection. Bytes already
- * waiting behind the answer (in the socket or read ahead by OpenSSL) belong to
- * no request: libcurl 7.88 takes a readable TLS connection for a live one and
- * would hand them to the next call, for another export or credential.
- */
-static void idle_watch(struct upstream_call *call)
-{
-	struct upstream *upstream = call->upstream;
-	curl_socket_t fd = CURL_SOCKET_BAD;
-	struct upstream_socket *busy = NULL;
-	struct idle_connection *idle;
-	ssize_t peeked;
-	char byte;
-
-	if (curl_easy_getinfo(call->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
-	    fd == CURL_SOCKET_BAD)
-		return;
-	/*
-	 * Handed straight to a queued call (libcurl does that within the same
-	 * socket action when upstream_max_connections is reached): not idle, and
-	 * what is readable now is that call's answer.
-	 */
-	HASH_FIND_INT(upstream->watched, &fd, busy);
-	if (busy != NULL)
-		return;
-	idle_forget(upstream, fd);
-	peeked = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-	/* a live fd from ACTIVESOCKET: the connection, and so call->ssl, still exist */
-	if ((call->ssl != NULL && SSL_has_pending(call->ssl)) || peeked >= 0) {
-		if (peeked == 0)
-			log_debug("upstream closed a connection after its answer");
-		else
-			log_warn("upstream sent bytes after a complete answer; not reusing that "
-				 "connection");
-		if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
-			log_warn("%s: shutdown: %s", __func__, strerror(errno));
-		return;
-	}
-	idle = calloc(1, sizeof(*idle));
-	if (idle == NULL)
-		goto fail;
-	idle->fd = fd;
-	idle->upstream = upstream;
-	idle->ports = socket_ports(fd);
-	idle->watch = event_new(upstream->base, fd, EV_READ, on_idle_connection, idle);
-	if (idle->ports == 0 || idle->watch == NULL ||
-	    event_add(idle->watch, &upstream->keepalive) < 0)
-		goto fail;
-	hash_add_failed = 0;
-	HASH_ADD(by_ports, upstream->idle_by_ports, ports, sizeof(idle->ports), idle);
-	if (hash_add_failed)
-		goto fail;
-	HASH_ADD_INT(upstream->idle, fd, idle);
-	if (!hash_add_failed)
-		return;
-	HASH_DELETE(by_ports, upstream->idle_by_ports, idle);
-fail:
-	/* Unwatched, it could not be trusted later: do not keep it. */
-	if (idle != NULL && idle->watch != NULL)
-		event_free(idle->watch);
-	free(idle);
-	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
-		log_warn("%s: shutdown: %s", __func__, strerror(errno));
-}
-
-/*
- * CURLOPT_PREREQFUNCTION: a connection was made or taken from the pool, and the
- * request is about to be sent on it. A pooled one is not idle from here on
- * (libcurl may send before it tells socket_cb about the socket, and the answer
- * must not wake the idle watch); one that received bytes while pooled is
- * refused (libcurl 7.88 would take a readable TLS connection for a live one).
- */
-static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port,
-		     int local_port)
-{
-	struct upstream_call *call = arg;
-	uint32_t ports = (uint32_t)local_port << 16 | (uint32_t)remote_port;
-	struct idle_connection *idle = NULL;
-	curl_socket_t fd;
-	char byte;
-
-	(void)remote_ip;
-	(void)local_ip;
-	HASH_FIND(by_ports, call->upstream->idle_by_ports, &ports, sizeof(ports), idle);
-	if (idle == NULL)
-		return CURL_PREREQFUNC_OK;
-	fd = idle->fd;
-	idle_forget(call->upstream, fd);
-	/*
-	 * Nothing, or a close that came after libcurl's own check: libcurl sees the
-	 * close when it reads, and retries a reused connection on a fresh one.
-	 */
-	if (recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) <= 0)
-		return CURL_PREREQFUNC_OK;
-	log_warn("a pooled upstream connection received bytes nobody asked for; not using it");
-	if (shutdown(fd, SHUT_RDWR) != 0 && errno != ENOTCONN)
-		log_warn("%s: shutdown: %s", __func__, strerror(errno));
-	snprintf(call->error, sizeof(call->error), "a pooled connection was not clean");
-	return CURL_PREREQFUNC_ABORT;
-}
-
-/* CURLOPT_CLOSESOCKETFUNCTION: libcurl is done with a connection, pooled or not. */
-static int close_socket_cb(void *userp, curl_socket_t fd)
-{
-	idle_forget(userp, fd);
-	return close(fd);
-}
-
-/* The multi handles on the loop. */
-
-static void socket_action(struct upstream_pool *pool, curl_socket_t fd, int flags)
-{
-	int running = 0;
-	CURLMcode rc = curl_multi_socket_action(pool->multi, fd, flags, &running);
-
-	if (rc != CURLM_OK)
-		log_error("%s: curl_multi_socket_action: %s", __func__,
-			  curl_multi_strerror(rc));
-	check_multi_info(pool);
-}
-
-static void on_socket_event(evutil_socket_t fd, short what, void *arg)
-{
-	int flags = 0;
-
-	if (what & EV_READ)
-		flags |= CURL_CSELECT_IN;
-	if (what & EV_WRITE)
-		flags |= CURL_CSELECT_OUT;
-	socket_action(arg, fd, flags);
-}
-
-static void on_timer(evutil_socket_t fd, short what, void *arg)
-{
-	(void)fd;
-	(void)what;
-	socket_action(arg, CURL_SOCKET_TIMEOUT, 0);
-}
-
-static void socket_forget(struct upstream *upstream, struct upstream_socket *socket)
-{
-	if (socket == NULL)
-		return;
-	HASH_DEL(upstream->watched, socket);
-	if (socket->event != NULL)
-		event_free(socket->event);
-	free(socket);
-}
-
-/* CURLMOPT_SOCKETFUNCTION: (re)arm one event per socket for what curl waits on. */
-static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-	struct upstream_pool *pool = userp;
-	struct upstream_socket *socket = socketp;
-	struct upstream_call *call = NULL;
-	short kind = EV_PERSIST;
-
-	if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &call) == CURLE_OK && call != NULL)
-		call->socket = what == CURL_POLL_REMOVE ? CURL_SOCKET_BAD : fd;
-	if (what == CURL_POLL_REMOVE) {
-		socket_forget(pool->upstream, socket);
-		return 0;
-	}
-	/* a pooled connection taken for a new transfer is not idle any more */
-	idle_forget(pool->upstream, fd);
-	if (what & CURL_POLL_IN)
-		kind |= EV_READ;
-	if (what & CURL_POLL_OUT)
-		kind |= EV_WRITE;
-	if (socket == NULL) {
-		socket = calloc(1, sizeof(*socket));
-		if (socket == NULL)
-			return -1;
-		socket->fd = fd;
-		hash_add_failed = 0;
-		HASH_ADD_INT(pool->upstream->watched, fd, socket);
-		if (hash_add_failed || curl_multi_assign(pool->multi, fd, socket) != CURLM_OK) {
-			if (!hash_add_failed)
-				HASH_DEL(pool->upstream->watched, socket);
-			free(socket);
-			return -1;
-		}
-	}
-	if (socket->event != NULL)
-		event_free(socket->event);
-	socket->event = event_new(pool->upstream->base, fd, kind, on_socket_event, pool);
-	if (socket->event == NULL || event_add(socket->event, NULL) < 0) {
-		log_error("%s: cannot watch upstream socket %d", __func__, (int)fd);
-		return -1;
-	}
-	return 0;
-}
-
-/* CURLMOPT_TIMERFUNCTION: one libevent timer; curl is called from it, not here. */
-static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-	struct upstream_pool *pool = userp;
-	struct timeval tv;
-
-	(void)multi;
-	if (timeout_ms < 0)
-		return event_del(pool->timer) == 0 ? 0 : -1;
-	tv = timeval_of(timeout_ms);
-	return evtimer_add(pool->timer, &tv) == 0 ? 0 : -1;
-}
-
-static int pool_init(struct upstream_pool *pool, struct upstream *upstream)
-{
-	pool->upstream = upstream;
-	pool->multi = curl_multi_init();
-	pool->timer = evtimer_new(upstream->base, on_timer, pool);
-	if (pool->multi == NULL || pool->timer == NULL)
-		return -1;
-	if (curl_multi_setopt(pool->multi, CURLMOPT_SOCKETFUNCTION, socket_cb) != CURLM_OK ||
-	    curl_multi_setopt(pool->multi, CURLMOPT_SOCKETDATA, pool) != CURLM_OK ||
-	    curl_multi_setopt(pool->multi, CURLMOPT_TIMERFUNCTION, timer_cb) != CURLM_OK ||
-	    curl_multi_setopt(pool->multi, CURLMOPT_TIMERDATA, pool) != CURLM_OK)
-		return -1;
-	return 0;
-}
-
-/* At most connections at once (more transfers queue), as many kept for reuse. */
-static void pool_limit(struct upstream_pool *pool, long connections)
-{
-	if (curl_multi_setopt(pool->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, connections) !=
-		    CURLM_OK ||
-	    curl_multi_setopt(pool->multi, CURLMOPT_MAXCONNECTS, connections) != CURLM_OK)
-		log_error("%s: cannot set the upstream connection limit", __func__);
-}
-
-static void pool_free(struct upstream_pool *pool)
-{
-	/* closes the pooled connections: close_socket_cb forgets their watches */
-	if (pool->multi != NULL)
-		curl_multi_cleanup(pool->multi);
-	if (pool->timer != NULL)
-		event_free(pool->timer);
-}
-
 void upstream_set_conf(struct upstream *upstream, const struct conf *conf)
 {
-	pool_limit(&upstream->status, (long)conf->upstream_max_connections);
-	pool_limit(&upstream->download, (long)conf->max_downloads);
-	upstream->keepalive = timeval_of(conf->upstream_keepalive_timeout_ms);
+	pools_set_limits(upstream->pools, (long)conf->upstream_max_connections,
+			 (long)conf->max_downloads, conf->upstream_keepalive_timeout_ms);
 	upstream->applied_ms = now_ms();
 }
+
+static void on_transfer_done(CURL *easy, CURLcode code, void *arg)
+{
+	struct upstream_call *call = NULL;
+
+	(void)arg;
+	if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &call) != CURLE_OK || call == NULL) {
+		log_error("%s: finished transfer without its call", __func__);
+		return;
+	}
+	call_finish(call, code);
+}
+
+static void on_transfer_socket(CURL *easy, curl_socket_t fd, void *arg)
+{
+	struct upstream_call *call = NULL;
+
+	(void)arg;
+	if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &call) == CURLE_OK && call != NULL)
+		call->socket = fd;
+}
+
+static const struct pools_handlers pools_handlers = {
+	.done = on_transfer_done,
+	.socket = on_transfer_socket,
+};
 
 struct upstream *upstream_new(struct event_base *base, const struct conf *conf)
 {
@@ -447,8 +147,8 @@ struct upstream *upstream_new(struct event_base *base, const struct conf *conf)
 	if (upstream == NULL)
 		goto fail;
 	upstream->base = base;
-	if (pool_init(&upstream->status, upstream) < 0 ||
-	    pool_init(&upstream->download, upstream) < 0)
+	upstream->pools = pools_new(base, &pools_handlers, upstream);
+	if (upstream->pools == NULL)
 		goto fail;
 	upstream_set_conf(upstream, conf);
 	return upstream;
@@ -463,7 +163,7 @@ static void call_free(struct upstream_call *call)
 	struct curl_slist *header;
 
 	if (call->easy != NULL) {
-		CURLMcode rc = curl_multi_remove_handle(call->pool->multi, call->easy);
+		CURLMcode rc = curl_multi_remove_handle(pools_multi(call->upstream->pools, call->pool), call->easy);
 
 		if (rc != CURLM_OK)
 			log_error("%s: curl_multi_remove_handle: %s", __func__,
@@ -488,18 +188,11 @@ static void call_free(struct upstream_call *call)
 
 void upstream_free(struct upstream *upstream)
 {
-	struct idle_connection *idle, *next;
-
 	if (upstream == NULL)
 		return;
 	while (upstream->calls != NULL)
 		call_free(upstream->calls);
-	pool_free(&upstream->status);
-	pool_free(&upstream->download);
-	HASH_ITER(hh, upstream->idle, idle, next)
-	{
-		idle_forget(upstream, idle->fd);
-	}
+	pools_free(upstream->pools);
 	free(upstream);
 }
 
@@ -576,31 +269,11 @@ static void call_finish(struct upstream_call *call, CURLcode code)
 	if (result.outcome != UPSTREAM_OK)
 		result.error = failure_text(call, code, result.outcome);
 	if (code == CURLE_OK && result.outcome == UPSTREAM_OK)
-		idle_watch(call);
+		pools_transfer_done(call->upstream->pools, call->easy, call->ssl);
 	metrics_upstream(result.outcome == UPSTREAM_OK ? (int)result.status : 0,
 			 result.outcome == UPSTREAM_TIMEOUT, result.seconds);
 	call->done(&result, call->arg);
 	call_free(call);
-}
-
-static void check_multi_info(struct upstream_pool *pool)
-{
-	CURLMsg *message;
-	int left;
-
-	while ((message = curl_multi_info_read(pool->multi, &left)) != NULL) {
-		struct upstream_call *call = NULL;
-
-		if (message->msg != CURLMSG_DONE)
-			continue;
-		if (curl_easy_getinfo(message->easy_handle, CURLINFO_PRIVATE, &call) !=
-			    CURLE_OK ||
-		    call == NULL) {
-			log_error("%s: finished transfer without its call", __func__);
-			continue;
-		}
-		call_finish(call, message->data.result);
-	}
 }
 
 /* Timers of a call. */
@@ -689,7 +362,7 @@ static void on_tls_drain(evutil_socket_t fd, short what, void *arg)
 	    !SSL_has_pending(ssl))
 		return;
 	/* may finish and free the call */
-	socket_action(call->pool, call->socket, CURL_CSELECT_IN);
+	pools_action(call->upstream->pools, call->pool, call->socket, CURL_CSELECT_IN);
 }
 
 /*
@@ -736,55 +409,6 @@ static size_t write_cb(char *data, size_t size, size_t count, void *userp)
 	if (evbuffer_add(call->body, data, bytes) < 0)
 		return 0;
 	return bytes;
-}
-
-/* RFC 9110 token characters: what a header name is made of. */
-static int is_token_char(char c)
-{
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-	       (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-/*
- * Keeps one "Name: value" line of the response head. A line that is not one
- * (no colon, a name that is not a token, obs-fold continuation) makes the head
- * untrustworthy: RFC 9112 5.2 lets a gateway answer 502 for a folded one.
- */
-static int keep_header(struct upstream_call *call, const char *line, size_t length)
-{
-	char *copy = malloc(length + 1);
-	char *colon, *value, *end;
-	int result = -1;
-
-	if (copy == NULL)
-		return -1;
-	memcpy(copy, line, length);
-	copy[length] = '\0';
-	colon = strchr(copy, ':');
-	for (char *c = copy; colon != NULL && c < colon; c++) {
-		if (!is_token_char(*c))
-			colon = NULL;
-	}
-	if (colon == NULL || colon == copy || memchr(copy, '\0', length) != NULL) {
-		call->invalid = "the upstream sent a malformed header line";
-		goto done;
-	}
-	*colon = '\0';
-	for (value = colon + 1; *value == ' ' || *value == '\t'; value++)
-		;
-	for (end = value + strlen(value); end > value && (end[-1] == '\r' || end[-1] == '\n' ||
-							  end[-1] == ' ' || end[-1] == '\t');
-	     end--)
-		;
-	*end = '\0';
-	if (strpbrk(value, "\r\n") != NULL) {
-		call->invalid = "the upstream sent a malformed header line";
-		goto done;
-	}
-	result = evhttp_add_header(&call->response_headers, copy, value);
-done:
-	free(copy);
-	return result;
 }
 
 /* The head is complete: checked, then the download handler decides. 0 to go on. */
@@ -839,7 +463,7 @@ static size_t header_cb(char *data, size_t size, size_t count, void *userp)
 		call->head.status = status;
 		return head_done(call) == 0 ? bytes : 0;
 	}
-	if (keep_header(call, data, bytes) < 0)
+	if (framing_header_line(data, bytes, &call->response_headers, &call->invalid) < 0)
 		return 0;
 	return bytes;
 }
@@ -981,15 +605,13 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	SETOPT(easy, CURLOPT_WRITEDATA, call);
 	SETOPT(easy, CURLOPT_HEADERFUNCTION, header_cb);
 	SETOPT(easy, CURLOPT_HEADERDATA, call);
-	SETOPT(easy, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
-	SETOPT(easy, CURLOPT_CLOSESOCKETDATA, call->upstream);
-	SETOPT(easy, CURLOPT_PREREQFUNCTION, prereq_cb);
-	SETOPT(easy, CURLOPT_PREREQDATA, call);
 	SETOPT(easy, CURLOPT_SSL_CTX_FUNCTION, ssl_ctx_cb);
 	SETOPT(easy, CURLOPT_NOPROGRESS, 0L);
 	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, progress_cb);
 	SETOPT(easy, CURLOPT_XFERINFODATA, call);
 	SETOPT(easy, CURLOPT_PRIVATE, call);
+	if (pools_prepare(call->upstream->pools, easy) < 0)
+		goto fail;
 	free(url);
 	return 0;
 fail:
@@ -1012,7 +634,7 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	if (call == NULL)
 		return NULL;
 	call->upstream = upstream;
-	call->pool = handlers != NULL ? &upstream->download : &upstream->status;
+	call->pool = handlers != NULL ? POOL_DOWNLOAD : POOL_STATUS;
 	call->done = done;
 	call->arg = arg;
 	if (handlers != NULL)
@@ -1034,7 +656,7 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	    call_configure(call, conf, credential, q) < 0 ||
 	    (handlers != NULL && configure_download(call, conf, range, if_range) < 0))
 		goto fail;
-	rc = curl_multi_add_handle(call->pool->multi, call->easy);
+	rc = curl_multi_add_handle(pools_multi(upstream->pools, call->pool), call->easy);
 	if (rc != CURLM_OK) {
 		log_error("%s: curl_multi_add_handle: %s", __func__, curl_multi_strerror(rc));
 		curl_easy_cleanup(call->easy);

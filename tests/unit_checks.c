@@ -115,6 +115,26 @@ static void test_framing_refused(void **state)
 		"Content-Encoding");
 }
 
+static void test_header_lines(void **state)
+{
+	struct evkeyvalq headers = { NULL, &headers.tqh_first };
+	const char *why = NULL;
+
+	(void)state;
+	assert_int_equal(framing_header_line("Content-Length:  42 \r\n", 22, &headers, &why), 0);
+	assert_string_equal(evhttp_find_header(&headers, "Content-Length"), "42");
+	assert_int_equal(framing_header_line("X-Empty:\r\n", 10, &headers, &why), 0);
+	assert_string_equal(evhttp_find_header(&headers, "X-Empty"), "");
+	assert_int_equal(framing_header_line(" folded\r\n", 9, &headers, &why), -1);
+	assert_non_null(strstr(why, "malformed"));
+	assert_int_equal(framing_header_line("No colon\r\n", 10, &headers, &why), -1);
+	assert_int_equal(framing_header_line("Na me: x\r\n", 10, &headers, &why), -1);
+	assert_int_equal(framing_header_line(": x\r\n", 5, &headers, &why), -1);
+	assert_int_equal(framing_header_line("X: a\0b\r\n", 8, &headers, &why), -1);
+	assert_int_equal(framing_header_line("X: a\rb\r\n", 8, &headers, &why), -1);
+	evhttp_clear_headers(&headers);
+}
+
 static void json_ok(const char *text)
 {
 	const char *why = NULL;
@@ -300,6 +320,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_framing_accepted),
 		cmocka_unit_test(test_framing_refused),
+		cmocka_unit_test(test_header_lines),
 		cmocka_unit_test(test_json_accepted),
 		cmocka_unit_test(test_json_refused),
 		cmocka_unit_test(test_json_depth_limit_is_exact),
