@@ -9,14 +9,11 @@
 #include "listeners.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -26,11 +23,11 @@
 
 #include "conf.h"
 #include "hash.h"
+#include "linger.h"
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
 
-#include <utlist.h>
 
 
 /* evhttp's own hard cap on request line and headers, above the server's 8/16 KiB. */
@@ -53,18 +50,6 @@
  * still fits, and evhttp drains it as it parses.
  */
 #define LISTENERS_MAX_INPUT (LISTENERS_EVHTTP_MAX_HEADERS + 64 * 1024)
-/*
- * Lingering close (nginx's lingering_close): closing a socket with unread input
- * makes the kernel send a reset, which can destroy the answer before the client
- * has read it. A connection we close after an error is shut down for writing
- * instead, and what the client still sends is read and dropped until it closes,
- * for at most LISTENERS_LINGER_MS between reads and LISTENERS_LINGER_TOTAL_MS in
- * all (nginx: 5 s and 30 s), and for at most LISTENERS_MAX_LINGERING at once
- * (beyond that a socket is closed at once).
- */
-#define LISTENERS_LINGER_MS 2000
-#define LISTENERS_LINGER_TOTAL_MS 10000
-
 struct listener {
 	char *text; /* conf_listen.text, the identity kept across reloads */
 	struct evhttp_bound_socket *handle;
@@ -78,15 +63,6 @@ struct tracked {
 	struct event *deadline; /* the next request must be in by then */
 	int linger;		/* we close it after an error: drain what the client sends */
 	UT_hash_handle hh;
-};
-
-/* A socket we closed for writing, read until the client closes its side. */
-struct lingering {
-	int fd;
-	struct listeners *listeners;
-	struct event *event;
-	struct timespec started;
-	struct lingering *prev, *next;
 };
 
 struct adoption {
@@ -108,8 +84,7 @@ struct listeners {
 	size_t adopting_count, adopting_cap;
 	struct event *adopt;
 	struct event *accept_retry;
-	struct lingering *lingering;
-	size_t lingering_count;
+	struct linger_set *lingering; /* sockets closed after an error, drained */
 	struct timeval request_timeout;
 	size_t max_connections;
 	int accept_failed; /* EMFILE and the like: paused until accept_retry */
@@ -185,80 +160,16 @@ static void connection_gone(struct listeners *listeners)
 	update_accepting(listeners);
 }
 
-static void linger_end(struct lingering *lingering)
-{
-	DL_DELETE(lingering->listeners->lingering, lingering);
-	lingering->listeners->lingering_count--;
-	if (lingering->event != NULL)
-		event_free(lingering->event);
-	if (close(lingering->fd) != 0)
-		log_debug("lingering close: %s", strerror(errno));
-	free(lingering);
-}
-
-static void on_linger(evutil_socket_t fd, short what, void *arg)
-{
-	struct lingering *lingering = arg;
-	char discard[16384];
-	struct timespec now;
-	ssize_t n = 0;
-
-	if (what & EV_READ) {
-		do
-			n = recv(fd, discard, sizeof(discard), MSG_DONTWAIT);
-		while (n == (ssize_t)sizeof(discard));
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-			n = 1;
-	}
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if ((what & EV_TIMEOUT) || n <= 0 ||
-	    (now.tv_sec - lingering->started.tv_sec) * 1000 > LISTENERS_LINGER_TOTAL_MS)
-		linger_end(lingering);
-}
-
-/*
- * evhttp is about to close evcon's socket: keep it open through a duplicate,
- * send our FIN after the answer, and read until the client's. Returns 0 when the
- * socket lingers, -1 when it is simply closed.
- */
-static int linger(struct listeners *listeners, struct evhttp_connection *evcon)
-{
-	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-	evutil_socket_t fd = bev != NULL ? bufferevent_getfd(bev) : -1;
-	struct timeval idle = { LISTENERS_LINGER_MS / 1000, (LISTENERS_LINGER_MS % 1000) * 1000 };
-	struct lingering *lingering;
-
-	if (fd < 0 || listeners->lingering_count >= LISTENERS_MAX_LINGERING)
-		return -1;
-	lingering = calloc(1, sizeof(*lingering));
-	if (lingering == NULL)
-		return -1;
-	lingering->listeners = listeners;
-	lingering->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	clock_gettime(CLOCK_MONOTONIC, &lingering->started);
-	if (lingering->fd < 0) {
-		free(lingering);
-		return -1;
-	}
-	DL_APPEND(listeners->lingering, lingering);
-	listeners->lingering_count++;
-	lingering->event = event_new(listeners->base, lingering->fd, EV_READ | EV_PERSIST,
-				     on_linger, lingering);
-	if (lingering->event == NULL || shutdown(lingering->fd, SHUT_WR) != 0 ||
-	    event_add(lingering->event, &idle) < 0) {
-		linger_end(lingering);
-		return -1;
-	}
-	return 0;
-}
-
 static void on_close(struct evhttp_connection *evcon, void *arg)
 {
 	struct tracked *tracked = arg;
 	struct listeners *listeners = tracked->listeners;
 
-	if (tracked->linger && !listeners->closed)
-		linger(listeners, evcon);
+	if (tracked->linger && !listeners->closed) {
+		struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+
+		linger_start(listeners->lingering, bev != NULL ? bufferevent_getfd(bev) : -1);
+	}
 	listeners->callbacks.closed(evcon, tracked->context, listeners->arg);
 	HASH_DEL(listeners->connections, tracked);
 	event_free(tracked->deadline);
@@ -439,9 +350,11 @@ struct listeners *listeners_new(struct event_base *base,
 	listeners->http = evhttp_new(base);
 	listeners->https = evhttp_new(base);
 	listeners->adopt = event_new(base, -1, 0, on_adopt, listeners);
+	listeners->lingering = linger_set_new(base);
 	listeners->accept_retry = evtimer_new(base, on_accept_retry, listeners);
 	if (http_setup(listeners, listeners->http, on_new_plain) < 0 ||
 	    http_setup(listeners, listeners->https, on_new_tls) < 0 || listeners->adopt == NULL ||
+	    listeners->lingering == NULL ||
 	    listeners->accept_retry == NULL) {
 		log_error("%s: cannot set up the HTTP listeners", __func__);
 		listeners_free(listeners);
@@ -639,8 +552,7 @@ void listeners_free(struct listeners *listeners)
 			  HASH_COUNT(listeners->connections));
 	if (listeners->accept_retry != NULL)
 		event_free(listeners->accept_retry);
-	while (listeners->lingering != NULL)
-		linger_end(listeners->lingering);
+	linger_set_free(listeners->lingering);
 	free(listeners->adopting);
 	SSL_CTX_free(listeners->tls_context);
 	if (accept_owner == listeners)

@@ -45,9 +45,6 @@ void listeners_close(struct listeners *listeners);
 /* The context of an open connection, as opened returned it; NULL if unknown. */
 void *listeners_context(struct listeners *listeners, struct evhttp_connection *evcon);
 
-/* At most this many sockets linger after an error close (listeners_linger). */
-#define LISTENERS_MAX_LINGERING 256
-
 /*
  * A request on evcon was answered and it stays open: its request deadline
  * restarts, and with restore_timeouts so do evhttp's read and write timeouts

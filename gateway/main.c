@@ -18,7 +18,7 @@
 #include <event2/event.h>
 
 #include "conf.h"
-#include "listeners.h"
+#include "linger.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
@@ -91,7 +91,7 @@ static void raise_fd_limit(const struct conf *conf)
 {
 	struct rlimit limit;
 	rlim_t wanted = (rlim_t)conf->max_connections + (rlim_t)conf->max_downloads +
-			(rlim_t)conf->upstream_max_connections + LISTENERS_MAX_LINGERING + 64;
+			(rlim_t)conf->upstream_max_connections + LINGER_MAX + 64;
 
 	if (getrlimit(RLIMIT_NOFILE, &limit) != 0)
 		return;
