@@ -235,12 +235,12 @@ int auth_rate_take(struct auth *auth, int client)
 
 int auth_address_allowed(const struct auth *auth, const struct sockaddr *addr)
 {
-	return conf_cidr_match(auth->conf->allow, auth->conf->allow_count, addr);
+	return cidr_match(auth->conf->allow, auth->conf->allow_count, addr);
 }
 
 int auth_admin_allowed(const struct auth *auth, const struct sockaddr *addr)
 {
-	return conf_cidr_match(auth->conf->admin_allow, auth->conf->admin_allow_count, addr);
+	return cidr_match(auth->conf->admin_allow, auth->conf->admin_allow_count, addr);
 }
 
 int auth_tokens_required(const struct auth *auth)

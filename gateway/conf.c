@@ -12,6 +12,9 @@
  */
 #include "conf.h"
 
+#include "cidr.h"
+#include "secret.h"
+
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -210,14 +213,6 @@ static void report(struct parser *parser, int line, const char *key, const char 
 	parser->error_count++;
 }
 
-static void free_secret(char *secret)
-{
-	if (!secret)
-		return;
-	OPENSSL_cleanse(secret, strlen(secret));
-	free(secret);
-}
-
 /* Reads one or more decimal digits at *text, moving it past them. */
 static int parse_digits(const char **text, uint64_t *value)
 {
@@ -310,239 +305,6 @@ int conf_parse_size(const char *text, uint64_t *bytes)
 	if (number > UINT64_MAX / multiplier)
 		return -1;
 	*bytes = number * multiplier;
-	return 0;
-}
-
-static int has_control_character(const char *text, size_t length)
-{
-	size_t i;
-
-	for (i = 0; i < length; i++) {
-		unsigned char c = (unsigned char)text[i];
-
-		if (c < 0x20 || c == 0x7f)
-			return 1;
-	}
-	return 0;
-}
-
-static int read_secret_file(const char *path, char **value, int *insecure, char *err,
-			    size_t errlen)
-{
-	const size_t capacity =
-		CONF_MAX_SECRET_BYTES + 2; /* one byte to spot "too big" */
-	char *buffer = NULL;
-	size_t length = 0;
-	struct stat st;
-	int fd;
-
-	/* O_NONBLOCK: a FIFO must not hang the load; it is rejected below anyway. */
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (fd == -1 || fstat(fd, &st) == -1) {
-		snprintf(err, errlen, "cannot read secret file %s: %s", path,
-			 strerror(errno));
-		goto fail;
-	}
-	if (!S_ISREG(st.st_mode)) {
-		snprintf(err, errlen, "secret file %s is not a regular file", path);
-		goto fail;
-	}
-	buffer = malloc(capacity);
-	if (!buffer) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
-	}
-	while (length < capacity - 1) {
-		ssize_t got = read(fd, buffer + length, capacity - 1 - length);
-
-		if (got == -1 && errno == EINTR)
-			continue;
-		if (got == -1) {
-			snprintf(err, errlen, "cannot read secret file %s: %s", path,
-				 strerror(errno));
-			goto fail;
-		}
-		if (got == 0)
-			break;
-		length += (size_t)got;
-	}
-	if (length > CONF_MAX_SECRET_BYTES) {
-		snprintf(err, errlen, "secret file %s is larger than %d bytes", path,
-			 CONF_MAX_SECRET_BYTES);
-		goto fail;
-	}
-	if (length > 0 && buffer[length - 1] == '\n')
-		length--;
-	if (length > 0 && buffer[length - 1] == '\r')
-		length--;
-	buffer[length] = '\0';
-	if (length == 0) {
-		snprintf(err, errlen, "secret file %s is empty", path);
-		goto fail;
-	}
-	if (has_control_character(buffer, length)) {
-		snprintf(err, errlen,
-			 "secret file %s contains a NUL byte, a line break or another "
-			 "control character",
-			 path);
-		goto fail;
-	}
-	close(fd);
-	*insecure = (st.st_mode & 077) != 0;
-	*value = buffer;
-	return 0;
-fail:
-	if (fd != -1)
-		close(fd);
-	if (buffer) {
-		OPENSSL_cleanse(buffer, capacity);
-		free(buffer);
-	}
-	return -1;
-}
-
-static int copy_secret(const char *secret, const char *origin, char **value, char *err,
-		       size_t errlen)
-{
-	if (*secret == '\0') {
-		snprintf(err, errlen, "%s is empty", origin);
-		return -1;
-	}
-	if (has_control_character(secret, strlen(secret))) {
-		snprintf(err, errlen,
-			 "%s contains a line break or another control character", origin);
-		return -1;
-	}
-	*value = strdup(secret);
-	if (!*value) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	return 0;
-}
-
-int conf_resolve_secret(const char *spec, char **value, int *insecure, char *err,
-			size_t errlen)
-{
-	char origin[300];
-
-	*value = NULL;
-	*insecure = 0;
-	if (strncmp(spec, "env:", 4) == 0) {
-		const char *name = spec + 4;
-		const char *secret = getenv(name);
-
-		if (*name == '\0') {
-			snprintf(err, errlen, "env: needs a variable name");
-			return -1;
-		}
-		if (!secret) {
-			snprintf(err, errlen, "environment variable %s is not set", name);
-			return -1;
-		}
-		snprintf(origin, sizeof(origin), "environment variable %s", name);
-		return copy_secret(secret, origin, value, err, errlen);
-	}
-	if (strncmp(spec, "file:", 5) == 0) {
-		if (spec[5] == '\0') {
-			snprintf(err, errlen, "file: needs a path");
-			return -1;
-		}
-		return read_secret_file(spec + 5, value, insecure, err, errlen);
-	}
-	return copy_secret(spec, "secret", value, err, errlen);
-}
-
-int conf_parse_cidr(const char *text, struct conf_cidr *cidr)
-{
-	char address[INET6_ADDRSTRLEN];
-	const char *slash = strchr(text, '/');
-	size_t address_length = slash ? (size_t)(slash - text) : strlen(text);
-	unsigned max_prefix;
-	uint64_t prefix;
-	unsigned i;
-
-	if (address_length == 0 || address_length >= sizeof(address))
-		return -1;
-	memcpy(address, text, address_length);
-	address[address_length] = '\0';
-	memset(cidr, 0, sizeof(*cidr));
-	if (strchr(address, ':')) {
-		cidr->family = AF_INET6;
-		max_prefix = 128;
-	} else {
-		cidr->family = AF_INET;
-		max_prefix = 32;
-	}
-	if (inet_pton(cidr->family, address, cidr->addr) != 1)
-		return -1;
-	prefix = max_prefix;
-	if (slash) {
-		const char *p = slash + 1;
-
-		if (parse_digits(&p, &prefix) == -1 || *p != '\0' || prefix > max_prefix)
-			return -1;
-	}
-	cidr->prefix = (unsigned)prefix;
-	for (i = 0; i < max_prefix / 8; i++) {
-		if (i * 8 >= prefix)
-			cidr->addr[i] = 0;
-		else if (i * 8 + 8 > prefix)
-			cidr->addr[i] &= (unsigned char)(0xff << (8 - (prefix - i * 8)));
-	}
-	return 0;
-}
-
-static int prefix_matches(const unsigned char *address, const struct conf_cidr *cidr)
-{
-	unsigned whole_bytes = cidr->prefix / 8;
-	unsigned rest_bits = cidr->prefix % 8;
-	unsigned char mask;
-
-	if (memcmp(address, cidr->addr, whole_bytes) != 0)
-		return 0;
-	if (rest_bits == 0)
-		return 1;
-	mask = (unsigned char)(0xff << (8 - rest_bits));
-	return (address[whole_bytes] & mask) == cidr->addr[whole_bytes];
-}
-
-/*
- * An address is looked at in both forms, so 127.0.0.1 and ::ffff:127.0.0.1 match
- * 127.0.0.0/8 and ::ffff:127.0.0.0/104 alike.
- */
-int conf_cidr_match(const struct conf_cidr *cidrs, size_t count,
-		    const struct sockaddr *addr)
-{
-	static const unsigned char v4_mapped_prefix[12] = {0, 0, 0, 0, 0,    0,
-							   0, 0, 0, 0, 0xff, 0xff};
-	unsigned char v6[16];
-	const unsigned char *v4 = NULL;
-	size_t i;
-
-	if (!addr)
-		return 0;
-	if (addr->sa_family == AF_INET) {
-		const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
-
-		memcpy(v6, v4_mapped_prefix, sizeof(v4_mapped_prefix));
-		memcpy(v6 + 12, &sin->sin_addr, 4);
-		v4 = v6 + 12;
-	} else if (addr->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)addr;
-
-		memcpy(v6, &sin6->sin6_addr, 16);
-		if (memcmp(v6, v4_mapped_prefix, sizeof(v4_mapped_prefix)) == 0)
-			v4 = v6 + 12;
-	} else {
-		return 0;
-	}
-	for (i = 0; i < count; i++) {
-		if (cidrs[i].family == AF_INET6 && prefix_matches(v6, &cidrs[i]))
-			return 1;
-		if (cidrs[i].family == AF_INET && v4 && prefix_matches(v4, &cidrs[i]))
-			return 1;
-	}
 	return 0;
 }
 
@@ -708,11 +470,11 @@ fail:
 	return -1;
 }
 
-static int parse_cidr_list(struct setting *setting, struct conf_cidr **cidrs,
+static int parse_cidr_list(struct setting *setting, struct cidr **cidrs,
 			   size_t *count)
 {
 	char *copy = strdup(setting->value), *token, *saveptr = NULL;
-	struct conf_cidr *list = NULL, *grown;
+	struct cidr *list = NULL, *grown;
 	size_t length = 0;
 
 	if (!copy)
@@ -723,7 +485,7 @@ static int parse_cidr_list(struct setting *setting, struct conf_cidr **cidrs,
 		if (!grown)
 			goto out_of_memory;
 		list = grown;
-		if (conf_parse_cidr(token, &list[length]) == -1) {
+		if (cidr_parse(token, &list[length]) == -1) {
 			snprintf(setting->why, sizeof(setting->why),
 				 "'%s' is not an address or CIDR (10.0.0.0/8, ::1/128)",
 				 token);
@@ -762,6 +524,16 @@ static int set_admin_allow(struct setting *setting)
 	return parse_cidr_list(setting, &conf->admin_allow, &conf->admin_allow_count);
 }
 
+/* Printable ASCII without spaces: what a URL may hold here. */
+static int is_visible(const char *text)
+{
+	for (; *text != '\0'; text++) {
+		if (*text <= 0x20 || *text >= 0x7f)
+			return 0;
+	}
+	return 1;
+}
+
 /* Paths are appended to it, so no query, fragment or trailing slash. */
 static int set_upstream(struct setting *setting)
 {
@@ -772,8 +544,7 @@ static int set_upstream(struct setting *setting)
 		snprintf(setting->why, sizeof(setting->why), "must start with https://");
 		return -1;
 	}
-	if (value[8] == '\0' || value[8] == '/' || strpbrk(value, "?#") ||
-	    has_control_character(value, length) || strchr(value, ' ')) {
+	if (value[8] == '\0' || value[8] == '/' || strpbrk(value, "?#") || !is_visible(value)) {
 		snprintf(setting->why, sizeof(setting->why),
 			 "must be https://HOST[:PORT][/PATH] without query or fragment");
 		return -1;
@@ -834,7 +605,7 @@ static int set_secret(struct setting *setting)
 	char **field = setting->field;
 	int insecure;
 
-	if (conf_resolve_secret(setting->value, field, &insecure, setting->why,
+	if (secret_resolve(setting->value, field, &insecure, setting->why,
 				sizeof(setting->why)) == -1)
 		return -1;
 	if (insecure)
@@ -1432,13 +1203,13 @@ void conf_free(struct conf *conf)
 	free(conf->access_log);
 	for (i = 0; i < conf->credential_count; i++) {
 		free(conf->credentials[i].name);
-		free_secret(conf->credentials[i].user_id);
-		free_secret(conf->credentials[i].api_key);
+		secret_free(conf->credentials[i].user_id);
+		secret_free(conf->credentials[i].api_key);
 	}
 	free(conf->credentials);
 	for (i = 0; i < conf->client_count; i++) {
 		free(conf->clients[i].name);
-		free_secret(conf->clients[i].token);
+		secret_free(conf->clients[i].token);
 		free(conf->clients[i].credentials);
 	}
 	free(conf->clients);

@@ -9,7 +9,9 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#define CONF_MAX_SECRET_BYTES 4096 /* a secret file larger than this is an error */
+#include "cidr.h"
+#include "secret.h"
+
 #define CONF_MIN_TOKEN_BYTES 16	   /* shorter client tokens are refused */
 
 enum conf_credential_kind {
@@ -24,11 +26,6 @@ struct conf_listen {
 	int tls;
 };
 
-struct conf_cidr {
-	int family;		/* AF_INET or AF_INET6 */
-	unsigned char addr[16]; /* network address, host bits cleared */
-	unsigned prefix;	/* 0..32 or 0..128 */
-};
 
 struct conf_credential {
 	char *name;    /* from [credential NAME] */
@@ -53,9 +50,9 @@ struct conf {
 	char *tls_cert; /* NULL unless set */
 	char *tls_key;
 
-	struct conf_cidr *allow; /* default 127.0.0.0/8 ::1/128 */
+	struct cidr *allow; /* default 127.0.0.0/8 ::1/128 */
 	size_t allow_count;
-	struct conf_cidr *admin_allow; /* default 127.0.0.0/8 ::1/128 */
+	struct cidr *admin_allow; /* default 127.0.0.0/8 ::1/128 */
 	size_t admin_allow_count;
 
 	char *upstream;	   /* https URL without trailing slash */
@@ -102,23 +99,6 @@ int conf_parse_duration(const char *text, int64_t *ms);
 
 /* "512", "64k", "16m", "1g" (powers of 1024). 0 on success, -1 on error. */
 int conf_parse_size(const char *text, uint64_t *bytes);
-
-/*
- * Resolves a secret spec: "env:NAME", "file:/path" (whole file, one trailing
- * newline stripped) or a literal. Empty results are errors. On success *value is
- * a new string owned by the caller and 0 is returned; on error -1 and a message
- * (naming the variable or file, never the value) in err. *insecure is set to 1
- * when a file secret is readable by group or others.
- */
-int conf_resolve_secret(const char *spec, char **value, int *insecure, char *err,
-			size_t errlen);
-
-/* "10.0.0.0/8", "::1/128", "192.168.1.7" (a host). 0 on success, -1 on error. */
-int conf_parse_cidr(const char *text, struct conf_cidr *cidr);
-
-/* 1 if addr (AF_INET, AF_INET6, IPv4-mapped IPv6 too) is inside any of cidrs. */
-int conf_cidr_match(const struct conf_cidr *cidrs, size_t count,
-		    const struct sockaddr *addr);
 
 /* Index of the credential with this user id, or -1. */
 int conf_find_credential_by_user_id(const struct conf *conf, const char *user_id);

@@ -484,7 +484,7 @@ void upstream_resume(struct upstream_call *call)
 /* Appends "name: value" to the call's headers, wiping the temporary copy. */
 static int add_header(struct upstream_call *call, const char *name, const char *value)
 {
-	char line[CONF_MAX_SECRET_BYTES + 64];
+	char line[SECRET_MAX_BYTES + 64];
 	struct curl_slist *list;
 	int n = snprintf(line, sizeof(line), "%s: %s", name, value);
 
@@ -564,7 +564,7 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	long connect_ms = conf->upstream_timeout_ms < UPSTREAM_MAX_CONNECT_MS
 				  ? (long)conf->upstream_timeout_ms
 				  : UPSTREAM_MAX_CONNECT_MS;
-	char bearer[CONF_MAX_SECRET_BYTES + 16];
+	char bearer[SECRET_MAX_BYTES + 16];
 	int n;
 
 	if (url == NULL)

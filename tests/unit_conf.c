@@ -147,7 +147,7 @@ static void assert_error(const char *err, int line, const char *rest)
 	}
 }
 
-static void assert_cidr(const struct conf_cidr *cidr, int family, const char *address,
+static void assert_cidr(const struct cidr *cidr, int family, const char *address,
 			unsigned prefix)
 {
 	unsigned char binary[16] = {0};
@@ -798,14 +798,14 @@ static void test_secret_literal_env_file(void **state)
 
 	(void)state;
 	assert_int_equal(
-		conf_resolve_secret("plain-value", &value, &insecure, err, sizeof(err)),
+		secret_resolve("plain-value", &value, &insecure, err, sizeof(err)),
 		0);
 	assert_string_equal(value, "plain-value");
 	assert_int_equal(insecure, 0);
 	free(value);
 
 	setenv("UNIT_CONF_SECRET", "from-env", 1);
-	assert_int_equal(conf_resolve_secret("env:UNIT_CONF_SECRET", &value, &insecure,
+	assert_int_equal(secret_resolve("env:UNIT_CONF_SECRET", &value, &insecure,
 					     err, sizeof(err)),
 			 0);
 	assert_string_equal(value, "from-env");
@@ -813,7 +813,7 @@ static void test_secret_literal_env_file(void **state)
 
 	write_text(path, sizeof(path), "lf.secret", "line-feed\n");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 0);
 	assert_string_equal(value, "line-feed");
 	assert_int_equal(insecure, 0);
@@ -821,14 +821,14 @@ static void test_secret_literal_env_file(void **state)
 
 	write_text(path, sizeof(path), "crlf.secret", "carriage-return\r\n");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 0);
 	assert_string_equal(value, "carriage-return");
 	free(value);
 
 	write_text(path, sizeof(path), "bare.secret", "no-newline");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 0);
 	assert_string_equal(value, "no-newline");
 	free(value);
@@ -838,21 +838,21 @@ static void test_secret_literal_env_file(void **state)
 static void test_secret_file_size_limit(void **state)
 {
 	char err[256], spec[300];
-	char content[CONF_MAX_SECRET_BYTES + 1];
+	char content[SECRET_MAX_BYTES + 1];
 	char *value;
 	int insecure;
 
 	(void)state;
 	memset(content, 'a', sizeof(content));
-	write_secret(spec, sizeof(spec), "max.secret", content, CONF_MAX_SECRET_BYTES,
+	write_secret(spec, sizeof(spec), "max.secret", content, SECRET_MAX_BYTES,
 		     0600);
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 0);
-	assert_int_equal(strlen(value), CONF_MAX_SECRET_BYTES);
+	assert_int_equal(strlen(value), SECRET_MAX_BYTES);
 	free(value);
 
 	write_secret(spec, sizeof(spec), "big.secret", content, sizeof(content), 0600);
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 -1);
 	assert_null(value);
 	assert_non_null(strstr(err, spec + 5));
@@ -866,7 +866,7 @@ static void assert_secret_fails(const char *spec, const char *message_part,
 	char *value = (char *)"unchanged";
 	int insecure;
 
-	assert_int_equal(conf_resolve_secret(spec, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
 			 -1);
 	assert_null(value);
 	if (!strstr(err, message_part))
@@ -964,12 +964,12 @@ static void test_insecure_secret_file_warns(void **state)
 	assert_null(strstr(out, "open-secret-42"));
 
 	snprintf(text, sizeof(text), "file:%s", path);
-	assert_int_equal(conf_resolve_secret(text, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)),
 			 0);
 	assert_int_equal(insecure, 1);
 	free(value);
 	assert_int_equal(chmod(path, 0600), 0);
-	assert_int_equal(conf_resolve_secret(text, &value, &insecure, err, sizeof(err)),
+	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)),
 			 0);
 	assert_int_equal(insecure, 0);
 	free(value);
@@ -1096,55 +1096,55 @@ static void test_parse_cidr(void **state)
 		"::1/1281",
 		"0000:0000:0000:0000:0000:0000:0000:0000:0000/1",
 	};
-	struct conf_cidr cidr;
+	struct cidr cidr;
 	size_t i;
 
 	(void)state;
-	assert_int_equal(conf_parse_cidr("10.1.2.3/8", &cidr), 0);
+	assert_int_equal(cidr_parse("10.1.2.3/8", &cidr), 0);
 	assert_cidr(&cidr, AF_INET, "10.0.0.0", 8); /* host bits cleared */
-	assert_int_equal(conf_parse_cidr("192.168.1.7", &cidr), 0);
+	assert_int_equal(cidr_parse("192.168.1.7", &cidr), 0);
 	assert_cidr(&cidr, AF_INET, "192.168.1.7", 32);
-	assert_int_equal(conf_parse_cidr("172.31.255.255/12", &cidr), 0);
+	assert_int_equal(cidr_parse("172.31.255.255/12", &cidr), 0);
 	assert_cidr(&cidr, AF_INET, "172.16.0.0", 12);
-	assert_int_equal(conf_parse_cidr("0.0.0.0/0", &cidr), 0);
+	assert_int_equal(cidr_parse("0.0.0.0/0", &cidr), 0);
 	assert_cidr(&cidr, AF_INET, "0.0.0.0", 0);
-	assert_int_equal(conf_parse_cidr("::1", &cidr), 0);
+	assert_int_equal(cidr_parse("::1", &cidr), 0);
 	assert_cidr(&cidr, AF_INET6, "::1", 128);
-	assert_int_equal(conf_parse_cidr("2001:db8:abcd:ffff::1/33", &cidr), 0);
+	assert_int_equal(cidr_parse("2001:db8:abcd:ffff::1/33", &cidr), 0);
 	assert_cidr(&cidr, AF_INET6, "2001:db8:8000::", 33);
-	assert_int_equal(conf_parse_cidr("::ffff:10.9.8.7/104", &cidr), 0);
+	assert_int_equal(cidr_parse("::ffff:10.9.8.7/104", &cidr), 0);
 	assert_cidr(&cidr, AF_INET6, "::ffff:10.0.0.0", 104);
 	for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
-		if (conf_parse_cidr(invalid[i], &cidr) != -1)
+		if (cidr_parse(invalid[i], &cidr) != -1)
 			fail_msg("\"%s\" accepted", invalid[i]);
 	}
 }
 
-static int match4(const struct conf_cidr *cidrs, size_t count, const char *address)
+static int match4(const struct cidr *cidrs, size_t count, const char *address)
 {
 	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(80)};
 
 	assert_int_equal(inet_pton(AF_INET, address, &sin.sin_addr), 1);
-	return conf_cidr_match(cidrs, count, (const struct sockaddr *)&sin);
+	return cidr_match(cidrs, count, (const struct sockaddr *)&sin);
 }
 
-static int match6(const struct conf_cidr *cidrs, size_t count, const char *address)
+static int match6(const struct cidr *cidrs, size_t count, const char *address)
 {
 	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(80)};
 
 	assert_int_equal(inet_pton(AF_INET6, address, &sin6.sin6_addr), 1);
-	return conf_cidr_match(cidrs, count, (const struct sockaddr *)&sin6);
+	return cidr_match(cidrs, count, (const struct sockaddr *)&sin6);
 }
 
 static void test_cidr_match(void **state)
 {
-	struct conf_cidr cidrs[3], mapped, everything;
+	struct cidr cidrs[3], mapped, everything;
 	struct sockaddr unix_like = {.sa_family = AF_UNIX};
 
 	(void)state;
-	assert_int_equal(conf_parse_cidr("127.0.0.0/8", &cidrs[0]), 0);
-	assert_int_equal(conf_parse_cidr("10.1.2.128/25", &cidrs[1]), 0);
-	assert_int_equal(conf_parse_cidr("2001:db8::/32", &cidrs[2]), 0);
+	assert_int_equal(cidr_parse("127.0.0.0/8", &cidrs[0]), 0);
+	assert_int_equal(cidr_parse("10.1.2.128/25", &cidrs[1]), 0);
+	assert_int_equal(cidr_parse("2001:db8::/32", &cidrs[2]), 0);
 
 	assert_true(match4(cidrs, 3, "127.0.0.1"));
 	assert_true(match4(cidrs, 3, "127.255.255.255"));
@@ -1162,15 +1162,15 @@ static void test_cidr_match(void **state)
 	assert_false(match6(cidrs, 3, "::ffff:10.1.2.1"));
 	assert_false(match6(cidrs, 3, "::127.0.0.1")); /* IPv4-compatible is not mapped */
 	/* and an IPv6 CIDR of mapped addresses matches plain IPv4 */
-	assert_int_equal(conf_parse_cidr("::ffff:192.0.2.0/120", &mapped), 0);
+	assert_int_equal(cidr_parse("::ffff:192.0.2.0/120", &mapped), 0);
 	assert_true(match4(&mapped, 1, "192.0.2.9"));
 	assert_false(match4(&mapped, 1, "192.0.3.9"));
 	assert_true(match6(&mapped, 1, "::ffff:192.0.2.9"));
 
-	assert_int_equal(conf_parse_cidr("::/0", &everything), 0);
+	assert_int_equal(cidr_parse("::/0", &everything), 0);
 	assert_true(match6(&everything, 1, "2001:db8::1"));
-	assert_int_equal(conf_cidr_match(cidrs, 3, &unix_like), 0);
-	assert_int_equal(conf_cidr_match(cidrs, 3, NULL), 0);
+	assert_int_equal(cidr_match(cidrs, 3, &unix_like), 0);
+	assert_int_equal(cidr_match(cidrs, 3, NULL), 0);
 }
 
 /*

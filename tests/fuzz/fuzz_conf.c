@@ -46,7 +46,7 @@ static const struct {
 	{"GUMLOOP_CONTROL", "line\nbreak"},
 };
 
-/* Contents NULL: CONF_MAX_SECRET_BYTES + repeat bytes of 'x'. */
+/* Contents NULL: SECRET_MAX_BYTES + repeat bytes of 'x'. */
 static const struct {
 	const char *name;
 	const char *contents;
@@ -109,11 +109,11 @@ static void write_file(const char *file, const void *data, size_t size, mode_t m
 static void write_secret_files(void)
 {
 	char file[sizeof(directory) + 64];
-	char *filler = malloc(CONF_MAX_SECRET_BYTES + 1);
+	char *filler = malloc(SECRET_MAX_BYTES + 1);
 
 	if (filler == NULL)
 		fail("malloc");
-	memset(filler, 'x', CONF_MAX_SECRET_BYTES + 1);
+	memset(filler, 'x', SECRET_MAX_BYTES + 1);
 	for (size_t i = 0; i < COUNT(secret_files); i++) {
 		const char *contents = secret_files[i].contents;
 
@@ -122,7 +122,7 @@ static void write_secret_files(void)
 			write_file(file, contents, strlen(contents), secret_files[i].mode);
 		else
 			write_file(file, filler,
-				   CONF_MAX_SECRET_BYTES + (size_t)secret_files[i].repeat,
+				   SECRET_MAX_BYTES + (size_t)secret_files[i].repeat,
 				   secret_files[i].mode);
 	}
 	free(filler);
@@ -186,7 +186,7 @@ static int nonempty(const char *text)
 }
 
 /* Each network address is inside its own CIDR, an IPv4 one also when v4-mapped. */
-static void check_cidr_matches(const struct conf_cidr *cidrs, size_t count)
+static void check_cidr_matches(const struct cidr *cidrs, size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
 		struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
@@ -197,17 +197,17 @@ static void check_cidr_matches(const struct conf_cidr *cidrs, size_t count)
 			v6.sin6_addr.s6_addr[10] = 0xff;
 			v6.sin6_addr.s6_addr[11] = 0xff;
 			memcpy(&v6.sin6_addr.s6_addr[12], cidrs[i].addr, 4);
-			if (!conf_cidr_match(cidrs, count, (struct sockaddr *)&v4))
+			if (!cidr_match(cidrs, count, (struct sockaddr *)&v4))
 				abort();
 		} else {
 			memcpy(&v6.sin6_addr, cidrs[i].addr, 16);
 		}
-		if (!conf_cidr_match(cidrs, count, (struct sockaddr *)&v6))
+		if (!cidr_match(cidrs, count, (struct sockaddr *)&v6))
 			abort();
 	}
 }
 
-static void check_cidrs(const struct conf_cidr *cidrs, size_t count)
+static void check_cidrs(const struct cidr *cidrs, size_t count)
 {
 	if (count == 0 || cidrs == NULL)
 		abort();
