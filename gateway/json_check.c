@@ -7,6 +7,8 @@
  */
 #include "json_check.h"
 
+#include "hex.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,17 +31,6 @@ static void skip_space(struct scanner *s)
 	while (s->at < s->end &&
 	       (*s->at == ' ' || *s->at == '\t' || *s->at == '\n' || *s->at == '\r'))
 		s->at++;
-}
-
-static int hex_digit(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
 }
 
 /* Four hex digits after "\u"; -1 when they are not. */

@@ -4,21 +4,12 @@
  */
 #include "query.h"
 
+#include "hex.h"
+
 #include <string.h>
 
 #define QUERY_MAX_PARAMS 32
 #define QUERY_MAX_NAME_BYTES 64
-
-static int hex_value(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
 
 /*
  * Decodes src[0..len) into out (capacity cap, NUL-terminated). Returns the decoded
@@ -36,8 +27,8 @@ static long percent_decode(const char *src, size_t len, char *out, size_t cap)
 
 			if (in + 2 >= len)
 				return -1;
-			high = hex_value(src[in + 1]);
-			low = hex_value(src[in + 2]);
+			high = hex_digit(src[in + 1]);
+			low = hex_digit(src[in + 2]);
 			if (high < 0 || low < 0)
 				return -1;
 			c = (unsigned char)(high * 16 + low);
