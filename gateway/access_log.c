@@ -216,9 +216,8 @@ void access_log_request(struct access_log *log, const struct access_log_entry *e
 			  "upstream=%ld export=%s%s%s\n",
 			  peer, or_dash(entry->client), or_dash(entry->credential), entry->method,
 			  entry->path, entry->status, entry->bytes, entry->ms,
-			  or_dash(entry->cache), entry->upstream_status,
-			  or_dash(entry->export_id), entry->outcome ? " " : "",
-			  entry->outcome ? entry->outcome : "");
+			  or_dash(entry->cache), entry->upstream_status, or_dash(entry->export_id),
+			  entry->outcome ? " " : "", entry->outcome ? entry->outcome : "");
 	if (length <= 0)
 		return;
 	if ((size_t)length >= sizeof(line)) {

@@ -40,8 +40,7 @@ void answer_clear(struct answer *answer)
 	memset(answer, 0, sizeof(*answer));
 }
 
-void answer_set_error(struct answer *answer, int status, const char *code,
-		      const char *message)
+void answer_set_error(struct answer *answer, int status, const char *code, const char *message)
 {
 	const char *why = answer->why;
 	int redacted = answer->redacted;
@@ -59,8 +58,8 @@ void answer_set_error(struct answer *answer, int status, const char *code,
 		answer->body_length = 0;
 }
 
-const char *answer_parse_state(const char *body, size_t length, const char *export_id,
-			       char *state, size_t cap, const char **why)
+const char *answer_parse_state(const char *body, size_t length, const char *export_id, char *state,
+			       size_t cap, const char **why)
 {
 	const cJSON *field, *id;
 	const char *found = NULL;
@@ -130,8 +129,8 @@ static int redact_body(struct answer *answer, const struct conf *conf)
 }
 
 /* A complete HTTP response: its bytes, or the gateway's error for it. */
-static void from_response(struct answer *answer, const struct conf *conf,
-			  const char *export_id, const struct upstream_result *result)
+static void from_response(struct answer *answer, const struct conf *conf, const char *export_id,
+			  const struct upstream_result *result)
 {
 	long status = result->status;
 	size_t length = evbuffer_get_length(result->body);
@@ -159,8 +158,8 @@ static void from_response(struct answer *answer, const struct conf *conf,
 	answer->status = (int)status;
 	answer->ttl_ms = -1;
 	answer->stale_ok = status >= 500;
-	answer->content_type = strdup(result->content_type ? result->content_type
-							   : "application/json");
+	answer->content_type =
+		strdup(result->content_type ? result->content_type : "application/json");
 	answer->body = malloc(length + 1);
 	if (answer->content_type == NULL || answer->body == NULL ||
 	    evbuffer_copyout(result->body, answer->body, length) != (ev_ssize_t)length) {
@@ -178,8 +177,8 @@ static void from_response(struct answer *answer, const struct conf *conf,
 		answer->ttl_ms = answer_ttl(conf, (int)status, NULL);
 		return;
 	}
-	state = answer_parse_state(answer->body, length, export_id, state_text,
-				   sizeof(state_text), &why);
+	state = answer_parse_state(answer->body, length, export_id, state_text, sizeof(state_text),
+				   &why);
 	if (state == NULL) {
 		answer->why = why;
 		answer_set_error(answer, 502, "upstream_invalid", why);
@@ -189,8 +188,8 @@ static void from_response(struct answer *answer, const struct conf *conf,
 	answer->ttl_ms = answer_ttl(conf, (int)status, state);
 }
 
-void answer_from_result(struct answer *answer, const struct conf *conf,
-			const char *export_id, const struct upstream_result *result)
+void answer_from_result(struct answer *answer, const struct conf *conf, const char *export_id,
+			const struct upstream_result *result)
 {
 	memset(answer, 0, sizeof(*answer));
 	switch (result->outcome) {

@@ -30,11 +30,11 @@ struct answer {
 	char *body;	    /* owned, NUL-terminated (body_length excludes it) */
 	size_t body_length;
 	enum answer_state state;
-	int64_t ttl_ms;	    /* how long it may be cached; -1: not at all */
-	int stale_ok;	    /* a failed refresh: an expired entry may answer instead */
-	const char *error;  /* the gateway's error code, NULL when upstream's answer */
-	const char *why;    /* for the log: what went wrong (static; no secret), or NULL */
-	int redacted;	    /* configured secrets were taken out of the body */
+	int64_t ttl_ms;	   /* how long it may be cached; -1: not at all */
+	int stale_ok;	   /* a failed refresh: an expired entry may answer instead */
+	const char *error; /* the gateway's error code, NULL when upstream's answer */
+	const char *why;   /* for the log: what went wrong (static; no secret), or NULL */
+	int redacted;	   /* configured secrets were taken out of the body */
 };
 
 /*
@@ -47,16 +47,15 @@ char *answer_error_body(const char *code, const char *message, size_t *length);
  * Makes answer a gateway error (what it held is freed first): status, JSON body,
  * not cacheable. Out of memory leaves an empty body (the status still says it).
  */
-void answer_set_error(struct answer *answer, int status, const char *code,
-		      const char *message);
+void answer_set_error(struct answer *answer, int status, const char *code, const char *message);
 
 /*
  * The client's answer to a finished upstream call for export_id (credential
  * names nothing secret; it is for the why text only). conf gives the TTLs and
  * the secrets to redact. answer is overwritten; free with answer_clear.
  */
-void answer_from_result(struct answer *answer, const struct conf *conf,
-			const char *export_id, const struct upstream_result *result);
+void answer_from_result(struct answer *answer, const struct conf *conf, const char *export_id,
+			const struct upstream_result *result);
 
 /* Frees what answer owns and zeroes it. */
 void answer_clear(struct answer *answer);
@@ -67,8 +66,8 @@ void answer_clear(struct answer *answer);
  * export_id. Writes at most cap bytes (NUL included) into state and returns it,
  * or NULL with a reason in *why.
  */
-const char *answer_parse_state(const char *body, size_t length, const char *export_id,
-			       char *state, size_t cap, const char **why);
+const char *answer_parse_state(const char *body, size_t length, const char *export_id, char *state,
+			       size_t cap, const char **why);
 
 /* COMPLETED and FAILED are final; every other string is not. */
 enum answer_state answer_state_of(const char *state);

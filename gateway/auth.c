@@ -102,8 +102,7 @@ void auth_carry_over(struct auth *auth, struct auth *previous)
 		if (kept != NULL)
 			auth->buckets[i] = *kept;
 	}
-	HASH_ITER(hh, auth->failures, entry, next)
-	{
+	HASH_ITER (hh, auth->failures, entry, next) {
 		HASH_DEL(auth->failures, entry);
 		free(entry);
 	}
@@ -165,8 +164,7 @@ static void failures_prune(struct auth *auth)
 	struct failures *entry, *next;
 	double now = now_seconds();
 
-	HASH_ITER(hh, auth->failures, entry, next)
-	{
+	HASH_ITER (hh, auth->failures, entry, next) {
 		if (entry->bucket.tokens + (now - entry->bucket.last) * AUTH_FAILURE_RATE >=
 		    AUTH_FAILURE_BURST) {
 			HASH_DEL(auth->failures, entry);
@@ -210,8 +208,7 @@ void auth_free(struct auth *auth)
 
 	if (auth == NULL)
 		return;
-	HASH_ITER(hh, auth->failures, entry, next)
-	{
+	HASH_ITER (hh, auth->failures, entry, next) {
 		HASH_DEL(auth->failures, entry);
 		free(entry);
 	}

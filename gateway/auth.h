@@ -16,7 +16,7 @@ struct auth;
  * looked at, so tokens cannot be guessed at line rate.
  */
 #define AUTH_FAILURE_BURST 10
-#define AUTH_FAILURE_RATE 1.0
+#define AUTH_FAILURE_RATE  1.0
 /* Addresses remembered; past it, those whose allowance is full again are dropped. */
 #define AUTH_FAILURE_MAX_ADDRESSES 10000
 

@@ -24,7 +24,7 @@
 #include "upstream.h"
 
 #define CACHE_REAP_INTERVAL_MS 1000
-#define CACHE_NAME_MAX 64
+#define CACHE_NAME_MAX	       64
 
 struct cache_entry {
 	char *key; /* user id, 0x1f, export id */
@@ -35,7 +35,7 @@ struct cache_entry {
 	char *body;
 	size_t body_length;
 	enum answer_state state; /* ANSWER_NO_STATE for an upstream 404 */
-	int64_t fetched_ms; /* monotonic */
+	int64_t fetched_ms;	 /* monotonic */
 	int64_t expires_ms;
 };
 
@@ -149,8 +149,8 @@ static void trim_to(struct cache *cache, size_t limit)
 }
 
 /* Stores answer under key, taking its body and content type. */
-static struct cache_entry *entry_store(struct cache *cache, const char *key,
-				       struct answer *answer, int64_t now)
+static struct cache_entry *entry_store(struct cache *cache, const char *key, struct answer *answer,
+				       int64_t now)
 {
 	struct cache_entry *entry = entry_find(cache, key);
 
@@ -242,8 +242,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	HASH_ITER(hh, cache->entries, entry, next)
-	{
+	HASH_ITER (hh, cache->entries, entry, next) {
 		if (now > entry->expires_ms + cache->conf->cache_stale_if_error_ms)
 			entry_remove(cache, entry);
 	}
@@ -358,8 +357,7 @@ static void settle(struct cache *cache, const char *key, const char *credential,
 			 "%lld s ago (stale-if-error)",
 			 outcome.status, credential, (long long)((now - entry->fetched_ms) / 1000));
 		answer_from_entry(entry, now, CACHE_STALE, &answer);
-	} else if (outcome.ttl_ms > 0 &&
-		   (entry = entry_store(cache, key, &outcome, now)) != NULL) {
+	} else if (outcome.ttl_ms > 0 && (entry = entry_store(cache, key, &outcome, now)) != NULL) {
 		answer_from_entry(entry, now, CACHE_MISS, &answer);
 	} else {
 		answer.status = outcome.status;
@@ -410,8 +408,7 @@ static void on_flight_done(const struct upstream_result *result, void *arg)
 }
 
 static struct flight *flight_start(struct cache *cache, const char *key,
-				   const struct conf_credential *credential,
-				   const struct query *q)
+				   const struct conf_credential *credential, const struct query *q)
 {
 	struct flight *flight = calloc(1, sizeof(*flight));
 
@@ -487,8 +484,7 @@ void cache_waiter_cancel(struct cache_waiter *waiter)
 
 /* The cache. */
 
-struct cache *cache_new(struct event_base *base, struct upstream *upstream,
-			const struct conf *conf)
+struct cache *cache_new(struct event_base *base, struct upstream *upstream, const struct conf *conf)
 {
 	struct cache *cache = calloc(1, sizeof(*cache));
 	struct timeval every = { CACHE_REAP_INTERVAL_MS / 1000,
@@ -522,8 +518,7 @@ void cache_free(struct cache *cache)
 		return;
 	while (cache->all_flights != NULL)
 		flight_free(cache->all_flights);
-	HASH_ITER(hh, cache->entries, entry, next_entry)
-	{
+	HASH_ITER (hh, cache->entries, entry, next_entry) {
 		entry_remove(cache, entry);
 	}
 	if (cache->reaper != NULL)

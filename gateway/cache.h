@@ -31,9 +31,9 @@ struct cache_answer {
 	const char *body;
 	size_t body_length;
 	enum cache_result result;
-	int cached;		/* age and ttl describe a cache entry */
-	int64_t age_seconds;	/* since the entry was fetched (RFC 9111 Age) */
-	int64_t ttl_seconds;	/* left to live; negative when stale */
+	int cached;	     /* age and ttl describe a cache entry */
+	int64_t age_seconds; /* since the entry was fetched (RFC 9111 Age) */
+	int64_t ttl_seconds; /* left to live; negative when stale */
 };
 
 /* Fires exactly once per waiter that was not cancelled. */
@@ -100,6 +100,5 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 
 /* Entries held now. */
 size_t cache_entry_count(const struct cache *cache);
-
 
 #endif

@@ -133,8 +133,7 @@ int checks_request(const struct request_head *head, enum route route, struct ref
 	return 0;
 }
 
-int checks_forwarded_header(const struct evkeyvalq *headers, const char *name,
-			    const char **value)
+int checks_forwarded_header(const struct evkeyvalq *headers, const char *name, const char **value)
 {
 	*value = evhttp_find_header(headers, name);
 	if (*value == NULL)

@@ -14,8 +14,8 @@
 
 struct evkeyvalq;
 
-#define CHECKS_MAX_REQUEST_LINE (8 * 1024)
-#define CHECKS_MAX_HEADERS (16 * 1024)
+#define CHECKS_MAX_REQUEST_LINE	    (8 * 1024)
+#define CHECKS_MAX_HEADERS	    (16 * 1024)
 #define CHECKS_MAX_FORWARDED_HEADER 256
 
 /* What evhttp parsed of a request; nothing is copied or kept. */
@@ -55,15 +55,13 @@ int checks_must_close(const struct request_head *head);
  * Allow), a header name that is not an RFC 9110 token, any body framing (400).
  * Returns 0 when the request passes, else 1 with *refusal filled.
  */
-int checks_request(const struct request_head *head, enum route route,
-		   struct refusal *refusal);
+int checks_request(const struct request_head *head, enum route route, struct refusal *refusal);
 
 /*
  * A header forwarded upstream (Range, If-Range): *value is it, or NULL when
  * absent. Returns -1 when it is longer than CHECKS_MAX_FORWARDED_HEADER or not
  * printable ASCII, else 0.
  */
-int checks_forwarded_header(const struct evkeyvalq *headers, const char *name,
-			    const char **value);
+int checks_forwarded_header(const struct evkeyvalq *headers, const char *name, const char **value);
 
 #endif

@@ -85,8 +85,9 @@ static int prefix_matches(const unsigned char *address, const struct cidr *cidr)
  */
 int cidr_match(const struct cidr *cidrs, size_t count, const struct sockaddr *addr)
 {
-	static const unsigned char v4_mapped_prefix[12] = {0, 0, 0, 0, 0,    0,
-							   0, 0, 0, 0, 0xff, 0xff};
+	static const unsigned char v4_mapped_prefix[12] = {
+		0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff
+	};
 	unsigned char v6[16];
 	const unsigned char *v4 = NULL;
 	size_t i;

@@ -61,8 +61,8 @@ struct conf_key {
 	enum section_kind section;
 	const char *name;
 	int (*set)(struct setting *setting);
-	size_t offset;	  /* of the field in conf, conf_credential or conf_client */
-	int64_t min, max; /* durations (ms) and counts */
+	size_t offset;		   /* of the field in conf, conf_credential or conf_client */
+	int64_t min, max;	   /* durations (ms) and counts */
 	const char *default_value; /* applied, through set, when the key is absent */
 	int flags;
 };
@@ -81,20 +81,19 @@ static int set_credential_kind(struct setting *setting);
 static int set_credential_names(struct setting *setting);
 static int set_rate(struct setting *setting);
 
-#define GLOBAL(name, set, field, min, max, default_value, flags)                         \
-	{                                                                                \
-		SECTION_GLOBAL, name, set, offsetof(struct conf, field), min, max,       \
-			default_value, flags                                             \
+#define GLOBAL(name, set, field, min, max, default_value, flags)                                   \
+	{                                                                                          \
+		SECTION_GLOBAL, name, set, offsetof(struct conf, field), min, max, default_value,  \
+			flags                                                                      \
 	}
-#define CREDENTIAL(name, set, field, default_value, flags)                               \
-	{                                                                                \
-		SECTION_CREDENTIAL, name, set, offsetof(struct conf_credential, field),  \
-			0, 0, default_value, flags                                       \
+#define CREDENTIAL(name, set, field, default_value, flags)                                         \
+	{                                                                                          \
+		SECTION_CREDENTIAL, name, set, offsetof(struct conf_credential, field), 0, 0,      \
+			default_value, flags                                                       \
 	}
-#define CLIENT(name, set, field, flags)                                                  \
-	{                                                                                \
-		SECTION_CLIENT, name, set, offsetof(struct conf_client, field), 0, 0,    \
-			NULL, flags                                                      \
+#define CLIENT(name, set, field, flags)                                                            \
+	{                                                                                          \
+		SECTION_CLIENT, name, set, offsetof(struct conf_client, field), 0, 0, NULL, flags  \
 	}
 
 static const struct conf_key keys[] = {
@@ -102,28 +101,20 @@ static const struct conf_key keys[] = {
 	GLOBAL("tls_cert", set_path, tls_cert, 0, 0, NULL, 0),
 	GLOBAL("tls_key", set_path, tls_key, 0, 0, NULL, 0),
 	GLOBAL("allow", set_allow, allow, 0, 0, "127.0.0.0/8 ::1/128", 0),
-	GLOBAL("admin_allow", set_admin_allow, admin_allow, 0, 0, "127.0.0.0/8 ::1/128",
+	GLOBAL("admin_allow", set_admin_allow, admin_allow, 0, 0, "127.0.0.0/8 ::1/128", 0),
+	GLOBAL("upstream", set_upstream, upstream, 0, 0, "https://api.gumloop.com/api/v1", 0),
+	GLOBAL("upstream_ca", set_readable_path, upstream_ca, 0, 0, NULL, KEY_MAY_BE_EMPTY),
+	GLOBAL("upstream_timeout", set_duration, upstream_timeout_ms, 1, HOUR_MS, "30s", 0),
+	GLOBAL("upstream_idle_timeout", set_duration, upstream_idle_timeout_ms, 1, HOUR_MS, "60s",
 	       0),
-	GLOBAL("upstream", set_upstream, upstream, 0, 0, "https://api.gumloop.com/api/v1",
-	       0),
-	GLOBAL("upstream_ca", set_readable_path, upstream_ca, 0, 0, NULL,
-	       KEY_MAY_BE_EMPTY),
-	GLOBAL("upstream_timeout", set_duration, upstream_timeout_ms, 1, HOUR_MS, "30s",
-	       0),
-	GLOBAL("upstream_idle_timeout", set_duration, upstream_idle_timeout_ms, 1,
+	GLOBAL("upstream_max_connections", set_count, upstream_max_connections, 1, 100000, "64", 0),
+	GLOBAL("upstream_keepalive_timeout", set_duration, upstream_keepalive_timeout_ms, 1000,
 	       HOUR_MS, "60s", 0),
-	GLOBAL("upstream_max_connections", set_count, upstream_max_connections, 1, 100000,
-	       "64", 0),
-	GLOBAL("upstream_keepalive_timeout", set_duration, upstream_keepalive_timeout_ms,
-	       1000, HOUR_MS, "60s", 0),
-	GLOBAL("cache_pending_ttl", set_duration, cache_pending_ttl_ms, 0, DAY_MS, "2s",
-	       0),
+	GLOBAL("cache_pending_ttl", set_duration, cache_pending_ttl_ms, 0, DAY_MS, "2s", 0),
 	GLOBAL("cache_final_ttl", set_duration, cache_final_ttl_ms, 0, DAY_MS, "60s", 0),
 	GLOBAL("cache_error_ttl", set_duration, cache_error_ttl_ms, 0, DAY_MS, "1s", 0),
-	GLOBAL("cache_stale_if_error", set_duration, cache_stale_if_error_ms, 0, DAY_MS,
-	       "5m", 0),
-	GLOBAL("cache_max_entries", set_count, cache_max_entries, 1, 10000000, "100000",
-	       0),
+	GLOBAL("cache_stale_if_error", set_duration, cache_stale_if_error_ms, 0, DAY_MS, "5m", 0),
+	GLOBAL("cache_max_entries", set_count, cache_max_entries, 1, 10000000, "100000", 0),
 	GLOBAL("max_connections", set_count, max_connections, 1, 1000000, "10000", 0),
 	GLOBAL("max_downloads", set_count, max_downloads, 1, 100000, "256", 0),
 	GLOBAL("client_timeout", set_duration, client_timeout_ms, 1, HOUR_MS, "30s", 0),
@@ -197,8 +188,7 @@ static void report(struct parser *parser, int line, const char *key, const char 
 	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
 	if (key)
-		length = asprintf(&text, "%s:%d: %s: %s", parser->path, line, key,
-				  message);
+		length = asprintf(&text, "%s:%d: %s: %s", parser->path, line, key, message);
 	else
 		length = asprintf(&text, "%s:%d: %s", parser->path, line, message);
 	errors = reallocarray(parser->errors, parser->error_count + 1, sizeof(*errors));
@@ -209,7 +199,7 @@ static void report(struct parser *parser, int line, const char *key, const char 
 		return;
 	}
 	parser->errors = errors;
-	errors[parser->error_count] = (struct error){line, parser->error_count, text};
+	errors[parser->error_count] = (struct error){ line, parser->error_count, text };
 	parser->error_count++;
 }
 
@@ -236,7 +226,7 @@ static int parse_digits(const char **text, uint64_t *value)
 static const struct {
 	const char *suffix;
 	int64_t ms;
-} duration_units[] = {{"h", HOUR_MS}, {"m", MINUTE_MS}, {"s", SECOND_MS}, {"ms", 1}};
+} duration_units[] = { { "h", HOUR_MS }, { "m", MINUTE_MS }, { "s", SECOND_MS }, { "ms", 1 } };
 
 /* Integers only ("1.5s" is an error): write "1500ms". */
 int conf_parse_duration(const char *text, int64_t *ms)
@@ -271,8 +261,7 @@ static void format_duration(int64_t ms, char *out, size_t outlen)
 	}
 	if (i == sizeof(duration_units) / sizeof(duration_units[0]))
 		i--; /* 0 */
-	snprintf(out, outlen, "%" PRId64 "%s", ms / duration_units[i].ms,
-		 duration_units[i].suffix);
+	snprintf(out, outlen, "%" PRId64 "%s", ms / duration_units[i].ms, duration_units[i].suffix);
 }
 
 int conf_parse_size(const char *text, uint64_t *bytes)
@@ -317,8 +306,7 @@ int conf_find_credential_by_user_id(const struct conf *conf, const char *user_id
 	for (i = 0; i < conf->credential_count; i++) {
 		const char *candidate = conf->credentials[i].user_id;
 
-		if (strlen(candidate) == length &&
-		    CRYPTO_memcmp(candidate, user_id, length) == 0)
+		if (strlen(candidate) == length && CRYPTO_memcmp(candidate, user_id, length) == 0)
 			return (int)i;
 	}
 	return -1;
@@ -360,16 +348,15 @@ static int set_readable_path(struct setting *setting)
 		return 0;
 	reason = unreadable_reason(setting->value);
 	if (reason) {
-		snprintf(setting->why, sizeof(setting->why), "cannot read %s: %s",
-			 setting->value, reason);
+		snprintf(setting->why, sizeof(setting->why), "cannot read %s: %s", setting->value,
+			 reason);
 		return -1;
 	}
 	return set_string(setting, setting->value);
 }
 
 /* "HOST:PORT" or "[V6]:PORT", then optionally " tls". */
-static int parse_listen(const char *text, struct conf_listen *listen, char *why,
-			size_t whylen)
+static int parse_listen(const char *text, struct conf_listen *listen, char *why, size_t whylen)
 {
 	char address[INET6_ADDRSTRLEN + 8], host[INET6_ADDRSTRLEN];
 	unsigned char binary[16];
@@ -401,8 +388,7 @@ static int parse_listen(const char *text, struct conf_listen *listen, char *why,
 		address[colon - address] = '\0';
 	}
 	if (family == AF_INET && strchr(address, ':')) {
-		snprintf(why, whylen,
-			 "IPv6 addresses are written in brackets: [::1]:8080");
+		snprintf(why, whylen, "IPv6 addresses are written in brackets: [::1]:8080");
 		return -1;
 	}
 	if (inet_pton(family, host_start, binary) != 1) {
@@ -415,8 +401,7 @@ static int parse_listen(const char *text, struct conf_listen *listen, char *why,
 		return -1;
 	}
 	if (*rest != '\0' && strcmp(rest, "tls") != 0) {
-		snprintf(why, whylen,
-			 "unexpected '%s' after the address (only 'tls' is allowed)",
+		snprintf(why, whylen, "unexpected '%s' after the address (only 'tls' is allowed)",
 			 rest);
 		return -1;
 	}
@@ -442,15 +427,13 @@ static int set_listen(struct setting *setting)
 	struct conf_listen listen, *listens;
 	size_t i;
 
-	if (parse_listen(setting->value, &listen, setting->why, sizeof(setting->why)) ==
-	    -1)
+	if (parse_listen(setting->value, &listen, setting->why, sizeof(setting->why)) == -1)
 		return -1;
 	for (i = 0; i < conf->listen_count; i++) {
 		if (listen.port != 0 && listen.port == conf->listens[i].port &&
 		    strcmp(listen.host, conf->listens[i].host) == 0) {
-			snprintf(setting->why, sizeof(setting->why),
-				 "%s:%u is already listened on", listen.host,
-				 listen.port);
+			snprintf(setting->why, sizeof(setting->why), "%s:%u is already listened on",
+				 listen.host, listen.port);
 			goto fail;
 		}
 	}
@@ -470,8 +453,7 @@ fail:
 	return -1;
 }
 
-static int parse_cidr_list(struct setting *setting, struct cidr **cidrs,
-			   size_t *count)
+static int parse_cidr_list(struct setting *setting, struct cidr **cidrs, size_t *count)
 {
 	char *copy = strdup(setting->value), *token, *saveptr = NULL;
 	struct cidr *list = NULL, *grown;
@@ -487,8 +469,7 @@ static int parse_cidr_list(struct setting *setting, struct cidr **cidrs,
 		list = grown;
 		if (cidr_parse(token, &list[length]) == -1) {
 			snprintf(setting->why, sizeof(setting->why),
-				 "'%s' is not an address or CIDR (10.0.0.0/8, ::1/128)",
-				 token);
+				 "'%s' is not an address or CIDR (10.0.0.0/8, ::1/128)", token);
 			goto fail;
 		}
 		length++;
@@ -574,8 +555,7 @@ static int set_duration(struct setting *setting)
 	if (ms < key->min || ms > key->max) {
 		format_duration(key->min, min, sizeof(min));
 		format_duration(key->max, max, sizeof(max));
-		snprintf(setting->why, sizeof(setting->why), "must be from %s to %s", min,
-			 max);
+		snprintf(setting->why, sizeof(setting->why), "must be from %s to %s", min, max);
 		return -1;
 	}
 	*(int64_t *)setting->field = ms;
@@ -588,11 +568,10 @@ static int set_count(struct setting *setting)
 	const char *end = setting->value;
 	uint64_t number;
 
-	if (parse_digits(&end, &number) == -1 || *end != '\0' ||
-	    number < (uint64_t)key->min || number > (uint64_t)key->max) {
+	if (parse_digits(&end, &number) == -1 || *end != '\0' || number < (uint64_t)key->min ||
+	    number > (uint64_t)key->max) {
 		snprintf(setting->why, sizeof(setting->why),
-			 "must be a whole number from %" PRId64 " to %" PRId64, key->min,
-			 key->max);
+			 "must be a whole number from %" PRId64 " to %" PRId64, key->min, key->max);
 		return -1;
 	}
 	*(int64_t *)setting->field = (int64_t)number;
@@ -605,13 +584,12 @@ static int set_secret(struct setting *setting)
 	char **field = setting->field;
 	int insecure;
 
-	if (secret_resolve(setting->value, field, &insecure, setting->why,
-				sizeof(setting->why)) == -1)
+	if (secret_resolve(setting->value, field, &insecure, setting->why, sizeof(setting->why)) ==
+	    -1)
 		return -1;
 	if (insecure)
-		log_warn("%s:%d: %s: secret file %s is readable by group or others",
-			 parser->path, setting->line, setting->key->name,
-			 setting->value + 5);
+		log_warn("%s:%d: %s: secret file %s is readable by group or others", parser->path,
+			 setting->line, setting->key->name, setting->value + 5);
 	return 0;
 }
 
@@ -642,8 +620,8 @@ static int set_credential_kind(struct setting *setting)
 	} else if (strcmp(setting->value, "oauth") == 0) {
 		*kind = CONF_CREDENTIAL_OAUTH;
 	} else {
-		snprintf(setting->why, sizeof(setting->why),
-			 "must be personal or oauth, not '%s'", setting->value);
+		snprintf(setting->why, sizeof(setting->why), "must be personal or oauth, not '%s'",
+			 setting->value);
 		return -1;
 	}
 	return 0;
@@ -659,8 +637,8 @@ static int set_credential_names(struct setting *setting)
 		goto out_of_memory;
 	for (token = strtok_r(copy, LIST_SEPARATORS, &saveptr); token;
 	     token = strtok_r(NULL, LIST_SEPARATORS, &saveptr)) {
-		names = reallocarray(section->credential_names,
-				     section->credential_name_count + 1, sizeof(*names));
+		names = reallocarray(section->credential_names, section->credential_name_count + 1,
+				     sizeof(*names));
 		if (!names)
 			goto out_of_memory;
 		section->credential_names = names;
@@ -711,8 +689,8 @@ static void *section_struct(struct parser *parser, const struct section *section
 	return NULL;
 }
 
-static void apply(struct parser *parser, struct section *section,
-		  const struct conf_key *key, const char *value, int line)
+static void apply(struct parser *parser, struct section *section, const struct conf_key *key,
+		  const char *value, int line)
 {
 	struct setting setting = {
 		.parser = parser,
@@ -761,13 +739,12 @@ static void end_section(struct parser *parser)
 		if (keys[i].section != section->kind || section->key_lines[i] != 0)
 			continue;
 		if (keys[i].flags & KEY_REQUIRED)
-			report(parser, section->header_line, keys[i].name,
-			       "missing in %s", section->header);
+			report(parser, section->header_line, keys[i].name, "missing in %s",
+			       section->header);
 		else if (keys[i].default_value)
 			apply(parser, section, &keys[i], keys[i].default_value, 0);
 	}
-	if (section->kind == SECTION_CREDENTIAL &&
-	    conf->credentials[section->index].user_id) {
+	if (section->kind == SECTION_CREDENTIAL && conf->credentials[section->index].user_id) {
 		const char *user_id = conf->credentials[section->index].user_id;
 
 		for (i = 0; i < section->index; i++) {
@@ -782,11 +759,9 @@ static void end_section(struct parser *parser)
 		const char *token = conf->clients[section->index].token;
 
 		for (i = 0; i < section->index; i++) {
-			if (conf->clients[i].token &&
-			    strcmp(conf->clients[i].token, token) == 0)
+			if (conf->clients[i].token && strcmp(conf->clients[i].token, token) == 0)
 				report(parser, key_line(section, "token"), "token",
-				       "same token as [client %s]",
-				       conf->clients[i].name);
+				       "same token as [client %s]", conf->clients[i].name);
 		}
 	}
 }
@@ -801,8 +776,7 @@ static int valid_name(const char *name)
 }
 
 /* Adds the conf entry for a [credential NAME] or [client NAME]; sets section->index. */
-static int add_named_entry(struct parser *parser, struct section *section,
-			   const char *name)
+static int add_named_entry(struct parser *parser, struct section *section, const char *name)
 {
 	struct conf *conf = parser->conf;
 	char *copy = strdup(name);
@@ -818,23 +792,23 @@ static int add_named_entry(struct parser *parser, struct section *section,
 			       parser->sections[i].header_line);
 	}
 	if (section->kind == SECTION_CREDENTIAL) {
-		struct conf_credential *grown = reallocarray(
-			conf->credentials, conf->credential_count + 1, sizeof(*grown));
+		struct conf_credential *grown =
+			reallocarray(conf->credentials, conf->credential_count + 1, sizeof(*grown));
 
 		if (!grown)
 			goto fail;
 		conf->credentials = grown;
 		section->index = conf->credential_count++;
-		grown[section->index] = (struct conf_credential){.name = copy};
+		grown[section->index] = (struct conf_credential){ .name = copy };
 	} else {
-		struct conf_client *grown = reallocarray(
-			conf->clients, conf->client_count + 1, sizeof(*grown));
+		struct conf_client *grown =
+			reallocarray(conf->clients, conf->client_count + 1, sizeof(*grown));
 
 		if (!grown)
 			goto fail;
 		conf->clients = grown;
 		section->index = conf->client_count++;
-		grown[section->index] = (struct conf_client){.name = copy};
+		grown[section->index] = (struct conf_client){ .name = copy };
 	}
 	section->name = copy;
 	return 0;
@@ -844,8 +818,7 @@ fail:
 }
 
 /* Classifies "[KIND NAME]" (inner is the text between the brackets). */
-static void start_section(struct parser *parser, struct section *section,
-			  const char *inner)
+static void start_section(struct parser *parser, struct section *section, const char *inner)
 {
 	/* name holds one byte more than NAME_MAX_LENGTH, so a long name is caught */
 	char kind[32] = "", name[NAME_MAX_LENGTH + 2] = "", extra[2] = "";
@@ -886,8 +859,7 @@ static void begin_section(struct parser *parser, const char *line)
 	char *inner;
 
 	end_section(parser);
-	sections = reallocarray(parser->sections, parser->section_count + 1,
-				sizeof(*sections));
+	sections = reallocarray(parser->sections, parser->section_count + 1, sizeof(*sections));
 	if (!sections) {
 		parser->out_of_memory = 1;
 		current_section(parser)->kind = SECTION_INVALID;
@@ -895,8 +867,9 @@ static void begin_section(struct parser *parser, const char *line)
 	}
 	parser->sections = sections;
 	section = &sections[parser->section_count++];
-	*section = (struct section){
-		.kind = SECTION_INVALID, .header_line = parser->line, .name = ""};
+	*section = (struct section){ .kind = SECTION_INVALID,
+				     .header_line = parser->line,
+				     .name = "" };
 	if (!close || (*after != '\0' && *after != ';' && *after != '#')) {
 		report(parser, parser->line, NULL,
 		       "syntax error: expected [KIND NAME] on a line of its own");
@@ -915,8 +888,7 @@ static void begin_section(struct parser *parser, const char *line)
 static void finish_pending_line(struct parser *parser)
 {
 	if (parser->pending_line)
-		report(parser, parser->pending_line, NULL,
-		       "syntax error: expected KEY = VALUE");
+		report(parser, parser->pending_line, NULL, "syntax error: expected KEY = VALUE");
 	parser->pending_line = 0;
 }
 
@@ -943,8 +915,7 @@ static char *read_line(char *buffer, int size, void *stream)
 	if (length == (size_t)size - 1 && buffer[length - 1] != '\n') {
 		while ((c = getc(parser->file)) != EOF && c != '\n')
 			;
-		report(parser, parser->line, NULL, "line too long (at most %d bytes)",
-		       size - 2);
+		report(parser, parser->line, NULL, "line too long (at most %d bytes)", size - 2);
 		buffer[0] = '\n';
 		buffer[1] = '\0';
 		return buffer;
@@ -961,8 +932,7 @@ static char *read_line(char *buffer, int size, void *stream)
 }
 
 /* inih's handler; the section comes from the reader, which knows its line. */
-static int handle_key(void *user, const char *section_name, const char *name,
-		      const char *value)
+static int handle_key(void *user, const char *section_name, const char *name, const char *value)
 {
 	struct parser *parser = user;
 	struct section *section = current_section(parser);
@@ -972,8 +942,7 @@ static int handle_key(void *user, const char *section_name, const char *name,
 	(void)section_name;
 	parser->pending_line = 0;
 	if (*name == '\0') {
-		report(parser, parser->line, NULL,
-		       "syntax error: missing key before '='");
+		report(parser, parser->line, NULL, "syntax error: missing key before '='");
 		return 1;
 	}
 	if (section->kind == SECTION_INVALID)
@@ -981,19 +950,16 @@ static int handle_key(void *user, const char *section_name, const char *name,
 	key = find_key(section->kind, name);
 	if (!key) {
 		if (section->kind != SECTION_GLOBAL && find_key(SECTION_GLOBAL, name))
-			report(parser, parser->line, name,
-			       "must come before the first [section]");
+			report(parser, parser->line, name, "must come before the first [section]");
 		else if (section->kind == SECTION_GLOBAL)
 			report(parser, parser->line, name, "unknown key");
 		else
-			report(parser, parser->line, name, "unknown key in %s",
-			       section->header);
+			report(parser, parser->line, name, "unknown key in %s", section->header);
 		return 1;
 	}
 	seen = &section->key_lines[key - keys];
 	if (*seen && !(key->flags & KEY_REPEATABLE)) {
-		report(parser, parser->line, name, "repeated key, first set at line %d",
-		       *seen);
+		report(parser, parser->line, name, "repeated key, first set at line %d", *seen);
 		return 1;
 	}
 	*seen = parser->line;
@@ -1015,13 +981,12 @@ static void resolve_client_credentials(struct parser *parser)
 		struct conf_client *client;
 		int line;
 
-		if (section->kind != SECTION_CLIENT ||
-		    section->credential_name_count == 0)
+		if (section->kind != SECTION_CLIENT || section->credential_name_count == 0)
 			continue;
 		client = &conf->clients[section->index];
 		line = key_line(section, "credentials");
-		client->credentials = calloc(section->credential_name_count,
-					     sizeof(*client->credentials));
+		client->credentials =
+			calloc(section->credential_name_count, sizeof(*client->credentials));
 		if (!client->credentials) {
 			report(parser, line, "credentials", "out of memory");
 			continue;
@@ -1039,11 +1004,9 @@ static void resolve_client_credentials(struct parser *parser)
 					break;
 			}
 			if (c == conf->credential_count)
-				report(parser, line, "credentials",
-				       "unknown credential %s", name);
+				report(parser, line, "credentials", "unknown credential %s", name);
 			else if (listed < client->credential_count)
-				report(parser, line, "credentials", "%s is listed twice",
-				       name);
+				report(parser, line, "credentials", "%s is listed twice", name);
 			else
 				client->credentials[client->credential_count++] = c;
 		}
@@ -1057,8 +1020,7 @@ static void check_tls_file(struct parser *parser, const char *name, const char *
 	const char *reason;
 
 	if (line == 0) {
-		report(parser, parser->first_tls_line, name,
-		       "required when a listen uses tls");
+		report(parser, parser->first_tls_line, name, "required when a listen uses tls");
 		return;
 	}
 	reason = path ? unreadable_reason(path) : NULL;
@@ -1117,8 +1079,7 @@ static void write_errors(struct parser *parser, char *err, size_t errlen)
 	}
 	if (parser->error_count == 0)
 		return;
-	qsort(parser->errors, parser->error_count, sizeof(*parser->errors),
-	      compare_errors);
+	qsort(parser->errors, parser->error_count, sizeof(*parser->errors), compare_errors);
 	for (i = 0; i < parser->error_count && used < errlen - 1; i++) {
 		int n = snprintf(err + used, errlen - used, "%s%s", i ? "\n" : "",
 				 parser->errors[i].text);
@@ -1151,7 +1112,7 @@ static void parser_free(struct parser *parser)
 
 struct conf *conf_load(const char *path, char *err, size_t errlen)
 {
-	struct parser parser = {.path = path};
+	struct parser parser = { .path = path };
 	struct conf *conf = NULL;
 	int ini_result;
 
@@ -1164,7 +1125,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		goto done;
 	}
 	parser.section_count = 1;
-	parser.sections[0] = (struct section){.kind = SECTION_GLOBAL, .name = ""};
+	parser.sections[0] = (struct section){ .kind = SECTION_GLOBAL, .name = "" };
 	parser.file = fopen(path, "re");
 	if (!parser.file) {
 		report(&parser, 0, NULL, "cannot open: %s", strerror(errno));

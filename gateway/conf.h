@@ -12,7 +12,7 @@
 #include "cidr.h"
 #include "secret.h"
 
-#define CONF_MIN_TOKEN_BYTES 16	   /* shorter client tokens are refused */
+#define CONF_MIN_TOKEN_BYTES 16 /* shorter client tokens are refused */
 
 enum conf_credential_kind {
 	CONF_CREDENTIAL_PERSONAL, /* Bearer api_key + x-auth-key: user_id */
@@ -26,7 +26,6 @@ struct conf_listen {
 	int tls;
 };
 
-
 struct conf_credential {
 	char *name;    /* from [credential NAME] */
 	char *user_id; /* resolved secret value */
@@ -35,11 +34,11 @@ struct conf_credential {
 };
 
 struct conf_client {
-	char *name;		  /* from [client NAME] */
-	char *token;		  /* resolved secret value; never logged */
-	size_t *credentials;	  /* indexes into conf->credentials, in the order given */
+	char *name;	     /* from [client NAME] */
+	char *token;	     /* resolved secret value; never logged */
+	size_t *credentials; /* indexes into conf->credentials, in the order given */
 	size_t credential_count;
-	double rate_per_second;	  /* 0: no limit */
+	double rate_per_second; /* 0: no limit */
 };
 
 struct conf {
@@ -59,19 +58,19 @@ struct conf {
 	char *upstream_ca; /* NULL: system store */
 
 	/* durations, in milliseconds */
-	int64_t upstream_timeout_ms;	  /* 30s */
-	int64_t upstream_idle_timeout_ms; /* 60s */
+	int64_t upstream_timeout_ms;	       /* 30s */
+	int64_t upstream_idle_timeout_ms;      /* 60s */
 	int64_t upstream_keepalive_timeout_ms; /* 60s: idle pooled connections closed */
-	int64_t cache_pending_ttl_ms;	  /* 2s */
-	int64_t cache_final_ttl_ms;	  /* 60s */
-	int64_t cache_error_ttl_ms;	  /* 1s */
-	int64_t cache_stale_if_error_ms;  /* 5m */
-	int64_t client_timeout_ms;	  /* 30s */
-	int64_t drain_timeout_ms;	  /* 30s */
+	int64_t cache_pending_ttl_ms;	       /* 2s */
+	int64_t cache_final_ttl_ms;	       /* 60s */
+	int64_t cache_error_ttl_ms;	       /* 1s */
+	int64_t cache_stale_if_error_ms;       /* 5m */
+	int64_t client_timeout_ms;	       /* 30s */
+	int64_t drain_timeout_ms;	       /* 30s */
 
-	int64_t cache_max_entries; /* 100000 */
-	int64_t max_connections;   /* 10000 */
-	int64_t max_downloads;	   /* 256 */
+	int64_t cache_max_entries;	  /* 100000 */
+	int64_t max_connections;	  /* 10000 */
+	int64_t max_downloads;		  /* 256 */
 	int64_t upstream_max_connections; /* 64: status calls at once; more queue */
 
 	char *access_log; /* "-" (stderr), "off", or a path */

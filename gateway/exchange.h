@@ -44,8 +44,8 @@ struct server {
 	struct upstream *upstream;
 	struct cache *cache;
 	struct access_log *access_log; /* NULL: off */
-	size_t active;	  /* requests begun and not yet completed or dropped */
-	size_t downloads; /* downloads holding a max_downloads slot */
+	size_t active;		       /* requests begun and not yet completed or dropped */
+	size_t downloads;	       /* downloads holding a max_downloads slot */
 	int draining;
 	void (*drained)(void *arg);
 	void *drained_arg;
@@ -110,8 +110,7 @@ struct exchange {
 void exchange_reply(struct exchange *ex, int status, const char *content_type,
 		    struct evbuffer *body);
 /* {"error":code,"message":message} with status. */
-void exchange_reply_error(struct exchange *ex, int status, const char *code,
-			  const char *message);
+void exchange_reply_error(struct exchange *ex, int status, const char *code, const char *message);
 /* A status answer from the cache, with its X-Cache, Cache-Status, Age, Cache-Control. */
 void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer);
 /*

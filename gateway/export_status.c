@@ -39,27 +39,27 @@ static int authenticate(struct exchange *ex, int *client)
 	wait = peer != NULL ? auth_failure_wait(server->auth, peer) : 0;
 	if (wait > 0) {
 		snprintf(text, sizeof(text), "%d", wait);
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After",
-				  text);
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
 		exchange_reply_error(ex, 429, "rate_limited",
 				     "too many requests with a bad token from this address; "
 				     "retry later");
 		return -1;
 	}
-	authorization = evhttp_find_header(evhttp_request_get_input_headers(ex->req),
-					   "Authorization");
+	authorization =
+		evhttp_find_header(evhttp_request_get_input_headers(ex->req), "Authorization");
 	*client = auth_client(server->auth, authorization);
 	if (*client < 0) {
 		if (peer != NULL)
 			auth_failure_record(server->auth, peer);
-		evhttp_add_header(evhttp_request_get_output_headers(ex->req),
-				  "WWW-Authenticate", "Bearer realm=\"gumloop-gateway\"");
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "WWW-Authenticate",
+				  "Bearer realm=\"gumloop-gateway\"");
 		exchange_reply_error(ex, 401, "unauthorized",
 				     authorization ? "the bearer token is not valid"
 						   : "a bearer token is required");
 		return -1;
 	}
-	exchange_copy_printable(ex->client, sizeof(ex->client), server->conf->clients[*client].name);
+	exchange_copy_printable(ex->client, sizeof(ex->client),
+				server->conf->clients[*client].name);
 	return 0;
 }
 
@@ -73,8 +73,7 @@ static int rate_limit(struct exchange *ex, int client)
 		return 0;
 	snprintf(text, sizeof(text), "%d", retry_after);
 	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
-	exchange_reply_error(ex, 429, "rate_limited",
-			     "this client is over its rate; retry later");
+	exchange_reply_error(ex, 429, "rate_limited", "this client is over its rate; retry later");
 	return -1;
 }
 

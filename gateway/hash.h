@@ -9,9 +9,9 @@
 static int hash_add_failed;
 
 #define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(element) \
-	do {                          \
-		hash_add_failed = 1;  \
+#define uthash_nonfatal_oom(element)                                                               \
+	do {                                                                                       \
+		hash_add_failed = 1;                                                               \
 	} while (0)
 #include <uthash.h>
 

@@ -12,7 +12,7 @@ struct event_base;
 struct linger_set;
 
 /* Drained for at most this long between reads, and this long in all (nginx: 5 s, 30 s). */
-#define LINGER_IDLE_MS 2000
+#define LINGER_IDLE_MS	2000
 #define LINGER_TOTAL_MS 10000
 /* At most this many sockets linger at once; beyond, a socket is closed as usual. */
 #define LINGER_MAX 256

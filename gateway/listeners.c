@@ -28,13 +28,11 @@
 #include "metrics.h"
 #include "tls.h"
 
-
-
 /* evhttp's own hard cap on request line and headers, above the server's 8/16 KiB. */
 #define LISTENERS_EVHTTP_MAX_HEADERS (64 * 1024)
-#define LISTENERS_MAX_BODY 1024
-#define LISTENERS_ACCEPT_RETRY_MS 100
-#define LISTENERS_MAX_SINGLE_WRITE (256 * 1024)
+#define LISTENERS_MAX_BODY	     1024
+#define LISTENERS_ACCEPT_RETRY_MS    100
+#define LISTENERS_MAX_SINGLE_WRITE   (256 * 1024)
 /*
  * Connections the kernel queues for accept (it caps this at somaxconn).
  * evhttp_bind_socket listens with 128; a burst of clients, or the queue behind
@@ -104,7 +102,8 @@ static void set_accepting(const struct listener *listener, int on)
 {
 	struct evconnlistener *socket = listener_socket(listener);
 
-	if (socket != NULL && (on ? evconnlistener_enable(socket) : evconnlistener_disable(socket)) < 0)
+	if (socket != NULL &&
+	    (on ? evconnlistener_enable(socket) : evconnlistener_disable(socket)) < 0)
 		log_warn("listen %s: cannot %s accepting", listener->text, on ? "resume" : "pause");
 }
 
@@ -246,7 +245,8 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
 			connection_gone(listeners); /* evhttp dropped it already */
 		} else if (adoption->refuse || track(listeners, evcon) == NULL) {
 			log_warn("closing a new connection: %s",
-				 adoption->refuse ? "no TLS session could be made" : "out of memory");
+				 adoption->refuse ? "no TLS session could be made"
+						  : "out of memory");
 			connection_gone(listeners);
 			evhttp_connection_free(evcon);
 		} else {
@@ -354,8 +354,7 @@ struct listeners *listeners_new(struct event_base *base,
 	listeners->accept_retry = evtimer_new(base, on_accept_retry, listeners);
 	if (http_setup(listeners, listeners->http, on_new_plain) < 0 ||
 	    http_setup(listeners, listeners->https, on_new_tls) < 0 || listeners->adopt == NULL ||
-	    listeners->lingering == NULL ||
-	    listeners->accept_retry == NULL) {
+	    listeners->lingering == NULL || listeners->accept_retry == NULL) {
 		log_error("%s: cannot set up the HTTP listeners", __func__);
 		listeners_free(listeners);
 		return NULL;
@@ -385,8 +384,8 @@ static void set_close(struct listeners *listeners, struct listener *set, size_t 
 static void set_backlog(evutil_socket_t fd, const char *text)
 {
 	if (listen(fd, LISTENERS_BACKLOG) != 0)
-		log_warn("listen %s: backlog %d: %s; libevent's 128 stays", text,
-			 LISTENERS_BACKLOG, strerror(errno));
+		log_warn("listen %s: backlog %d: %s; libevent's 128 stays", text, LISTENERS_BACKLOG,
+			 strerror(errno));
 }
 
 static int listener_bind(struct listeners *listeners, const struct conf_listen *listen,

@@ -9,11 +9,10 @@
 
 static int debug_enabled;
 
-static void log_line(const char *priority, const char *level, const char *fmt,
-		     va_list ap) __attribute__((format(printf, 3, 0)));
+static void log_line(const char *priority, const char *level, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
 
-static void log_line(const char *priority, const char *level, const char *fmt,
-		     va_list ap)
+static void log_line(const char *priority, const char *level, const char *fmt, va_list ap)
 {
 	char line[2048];
 
@@ -21,15 +20,15 @@ static void log_line(const char *priority, const char *level, const char *fmt,
 	fprintf(stderr, "%sgumloop-gateway: %s: %s\n", priority, level, line);
 }
 
-#define LOG_FUNCTION(name, priority, level, guard)                                   \
-	void name(const char *fmt, ...)                                              \
-	{                                                                            \
-		va_list ap;                                                          \
-		if (!(guard))                                                        \
-			return;                                                      \
-		va_start(ap, fmt);                                                   \
-		log_line(priority, level, fmt, ap);                                  \
-		va_end(ap);                                                          \
+#define LOG_FUNCTION(name, priority, level, guard)                                                 \
+	void name(const char *fmt, ...)                                                            \
+	{                                                                                          \
+		va_list ap;                                                                        \
+		if (!(guard))                                                                      \
+			return;                                                                    \
+		va_start(ap, fmt);                                                                 \
+		log_line(priority, level, fmt, ap);                                                \
+		va_end(ap);                                                                        \
 	}
 
 LOG_FUNCTION(log_error, "<3>", "error", 1)

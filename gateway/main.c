@@ -23,7 +23,7 @@
 #include "metrics.h"
 #include "server.h"
 
-#define CONF_ERRORS_MAX 8192
+#define CONF_ERRORS_MAX	       8192
 #define GATEWAY_TRIM_THRESHOLD (2 * 1024 * 1024)
 #define GATEWAY_MMAP_THRESHOLD (1024 * 1024)
 
@@ -38,11 +38,12 @@ struct gateway {
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: gumloop-gateway [-c FILE] [-t] [-V] [-h]\n"
-		     "  -c FILE   config file (default: %s when installed, else conf/gateway.conf)\n"
-		     "  -t        check the config and every secret, print \"config ok\"\n"
-		     "  -V        print the version\n"
-		     "  -h        this help\n",
+	fprintf(out,
+		"usage: gumloop-gateway [-c FILE] [-t] [-V] [-h]\n"
+		"  -c FILE   config file (default: %s when installed, else conf/gateway.conf)\n"
+		"  -t        check the config and every secret, print \"config ok\"\n"
+		"  -V        print the version\n"
+		"  -h        this help\n",
 		SYSCONFDIR "/gumloop-gateway.conf");
 }
 

@@ -34,13 +34,21 @@ static struct {
 } counters;
 
 static const char *const route_names[ROUTE_COUNT] = {
-	"export_status", "healthz", "metrics", "other",
+	"export_status",
+	"healthz",
+	"metrics",
+	"other",
 };
 static const char *const cache_names[METRICS_CACHE_RESULT_COUNT] = {
-	"hit", "miss", "coalesced", "stale",
+	"hit",
+	"miss",
+	"coalesced",
+	"stale",
 };
 static const char *const download_names[METRICS_DOWNLOAD_RESULT_COUNT] = {
-	"complete", "aborted", "failed",
+	"complete",
+	"aborted",
+	"failed",
 };
 
 void metrics_request(enum route route, int code)
@@ -129,7 +137,8 @@ static int render_requests(struct evbuffer *out)
 				continue;
 			failed |= evbuffer_add_printf(
 					  out,
-					  "gumloop_gateway_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
+					  "gumloop_gateway_requests_total{route=\"%s\",code=\"%d\"}"
+					  " %llu\n",
 					  route_names[route], code,
 					  (unsigned long long)counters.requests[route][code]) < 0;
 		}
@@ -143,9 +152,9 @@ static int render_cache(struct evbuffer *out)
 			    "Status answers by cache result.") < 0;
 
 	for (int i = 0; i < METRICS_CACHE_RESULT_COUNT; i++)
-		failed |= evbuffer_add_printf(out, "gumloop_gateway_cache_total{result=\"%s\"} %llu\n",
-					      cache_names[i],
-					      (unsigned long long)counters.cache[i]) < 0;
+		failed |= evbuffer_add_printf(
+				  out, "gumloop_gateway_cache_total{result=\"%s\"} %llu\n",
+				  cache_names[i], (unsigned long long)counters.cache[i]) < 0;
 	return failed ? -1 : 0;
 }
 
@@ -159,21 +168,26 @@ static int render_upstream(struct evbuffer *out)
 		if (counters.upstream_codes[code] != 0)
 			failed |= evbuffer_add_printf(
 					  out,
-					  "gumloop_gateway_upstream_requests_total{code=\"%d\"} %llu\n",
-					  code, (unsigned long long)counters.upstream_codes[code]) < 0;
+					  "gumloop_gateway_upstream_requests_total{code=\"%d\"} "
+					  "%llu\n",
+					  code,
+					  (unsigned long long)counters.upstream_codes[code]) < 0;
 	}
-	failed |= evbuffer_add_printf(out,
-				      "gumloop_gateway_upstream_requests_total{code=\"error\"} %llu\n"
-				      "gumloop_gateway_upstream_requests_total{code=\"timeout\"} %llu\n",
-				      (unsigned long long)counters.upstream_errors,
-				      (unsigned long long)counters.upstream_timeouts) < 0;
+	failed |= evbuffer_add_printf(
+			  out,
+			  "gumloop_gateway_upstream_requests_total{code=\"error\"} %llu\n"
+			  "gumloop_gateway_upstream_requests_total{code=\"timeout\"} %llu\n",
+			  (unsigned long long)counters.upstream_errors,
+			  (unsigned long long)counters.upstream_timeouts) < 0;
 	failed |= family(out, "gumloop_gateway_upstream_duration_seconds", "histogram",
 			 "Time of upstream calls, until the whole answer arrived.") < 0;
 	for (size_t i = 0; i < BUCKET_COUNT; i++) {
 		cumulative += counters.upstream_buckets[i];
-		failed |= evbuffer_add_printf(
-				  out, "gumloop_gateway_upstream_duration_seconds_bucket{le=\"%g\"} %llu\n",
-				  upstream_buckets[i], (unsigned long long)cumulative) < 0;
+		failed |= evbuffer_add_printf(out,
+					      "gumloop_gateway_upstream_duration_seconds_bucket{le="
+					      "\"%g\"} %llu\n",
+					      upstream_buckets[i],
+					      (unsigned long long)cumulative) < 0;
 	}
 	failed |= evbuffer_add_printf(
 			  out,
@@ -195,10 +209,9 @@ static int render_downloads_and_process(struct evbuffer *out)
 	failed |= family(out, "gumloop_gateway_downloads_total", "counter",
 			 "CSV downloads by how they ended.") < 0;
 	for (int i = 0; i < METRICS_DOWNLOAD_RESULT_COUNT; i++)
-		failed |= evbuffer_add_printf(out,
-					      "gumloop_gateway_downloads_total{result=\"%s\"} %llu\n",
-					      download_names[i],
-					      (unsigned long long)counters.downloads[i]) < 0;
+		failed |= evbuffer_add_printf(
+				  out, "gumloop_gateway_downloads_total{result=\"%s\"} %llu\n",
+				  download_names[i], (unsigned long long)counters.downloads[i]) < 0;
 	failed |= family(out, "gumloop_gateway_download_bytes_total", "counter",
 			 "CSV bytes relayed to clients.") < 0;
 	failed |= evbuffer_add_printf(out, "gumloop_gateway_download_bytes_total %llu\n",

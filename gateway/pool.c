@@ -194,8 +194,7 @@ fail:
  * must not wake the idle watch); one that received bytes while pooled is
  * refused (libcurl 7.88 would take a readable TLS connection for a live one).
  */
-static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port,
-		     int local_port)
+static int prereq_cb(void *arg, char *remote_ip, char *local_ip, int remote_port, int local_port)
 {
 	struct pools *pools = arg;
 	uint32_t ports = (uint32_t)local_port << 16 | (uint32_t)remote_port;
@@ -249,8 +248,7 @@ static void socket_action(struct pool *pool, curl_socket_t fd, int flags)
 	CURLMcode rc = curl_multi_socket_action(pool->multi, fd, flags, &running);
 
 	if (rc != CURLM_OK)
-		log_error("%s: curl_multi_socket_action: %s", __func__,
-			  curl_multi_strerror(rc));
+		log_error("%s: curl_multi_socket_action: %s", __func__, curl_multi_strerror(rc));
 	check_multi_info(pool);
 }
 
@@ -400,8 +398,7 @@ int pools_prepare(struct pools *pools, CURL *easy)
 	return 0;
 }
 
-struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers,
-			void *arg)
+struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers, void *arg)
 {
 	struct pools *pools = calloc(1, sizeof(*pools));
 
@@ -429,8 +426,7 @@ void pools_free(struct pools *pools)
 		return;
 	for (int kind = 0; kind < POOL_COUNT; kind++)
 		pool_free(&pools->pool[kind]);
-	HASH_ITER(hh, pools->idle, idle, next)
-	{
+	HASH_ITER (hh, pools->idle, idle, next) {
 		idle_forget(pools, idle->fd);
 	}
 	free(pools);

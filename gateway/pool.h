@@ -31,8 +31,7 @@ struct pools_handlers {
 };
 
 /* Both multi handles on base. NULL (logged) on failure. */
-struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers,
-			void *arg);
+struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers, void *arg);
 
 /* Closes every pooled connection and frees; transfers must be removed first. */
 void pools_free(struct pools *pools);

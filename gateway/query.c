@@ -8,7 +8,7 @@
 
 #include <string.h>
 
-#define QUERY_MAX_PARAMS 32
+#define QUERY_MAX_PARAMS     32
 #define QUERY_MAX_NAME_BYTES 64
 
 /*
@@ -61,8 +61,7 @@ struct param {
 	size_t value_len;
 };
 
-static int split_params(const char *raw, struct param *params, size_t *count,
-			const char **message)
+static int split_params(const char *raw, struct param *params, size_t *count, const char **message)
 {
 	const char *cursor = raw;
 

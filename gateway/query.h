@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#define QUERY_MAX_ID_BYTES 256
+#define QUERY_MAX_ID_BYTES	256
 #define QUERY_MAX_USER_ID_BYTES 256
 
 struct query {

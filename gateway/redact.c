@@ -30,8 +30,8 @@ static const char *first_secret(const char *text, size_t length, size_t from,
 			continue;
 		at = memmem(text + from, length - from, secret, secret_length);
 		/* at one place, the longer secret wins: no tail of it is left */
-		if (at != NULL && (best == NULL || at < best ||
-				   (at == best && secret_length > *found_length))) {
+		if (at != NULL &&
+		    (best == NULL || at < best || (at == best && secret_length > *found_length))) {
 			best = at;
 			*found_length = secret_length;
 		}

@@ -179,7 +179,8 @@ static int on_data(const char *bytes, size_t length, void *arg)
 	/* never more than declared: the rest would be read as the client's next answer */
 	if (relay->expected >= 0 && relay->bytes + length > (uint64_t)relay->expected) {
 		log_warn("download of %s: upstream sent more than its Content-Length; the "
-			 "excess is dropped", relay->export_id);
+			 "excess is dropped",
+			 relay->export_id);
 		length = (size_t)((uint64_t)relay->expected - relay->bytes);
 		overflow = 1;
 	}
@@ -258,11 +259,10 @@ static const struct upstream_download_handlers handlers = {
 	.done = on_done,
 };
 
-struct relay *relay_start(struct event_base *base, struct upstream *upstream,
-			  struct cache *cache, const struct conf *conf,
-			  const struct conf_credential *credential, const struct query *q,
-			  const struct relay_request *request, const struct relay_events *events,
-			  void *arg)
+struct relay *relay_start(struct event_base *base, struct upstream *upstream, struct cache *cache,
+			  const struct conf *conf, const struct conf_credential *credential,
+			  const struct query *q, const struct relay_request *request,
+			  const struct relay_events *events, void *arg)
 {
 	struct relay *relay = calloc(1, sizeof(*relay));
 

@@ -35,9 +35,9 @@ enum relay_end {
 
 /* What the client asked for, as it bears on the relay. */
 struct relay_request {
-	int head;	     /* HEAD: the status line and headers only */
-	int needs_length;    /* an HTTP/1.0 client: no chunked framing to end a body */
-	const char *range;   /* validated Range and If-Range to forward, or NULL */
+	int head;	   /* HEAD: the status line and headers only */
+	int needs_length;  /* an HTTP/1.0 client: no chunked framing to end a body */
+	const char *range; /* validated Range and If-Range to forward, or NULL */
 	const char *if_range;
 };
 
@@ -77,11 +77,10 @@ struct relay;
  * ends short ends as RELAY_FAILED. Returns NULL (logged) when the upstream
  * call could not start.
  */
-struct relay *relay_start(struct event_base *base, struct upstream *upstream,
-			  struct cache *cache, const struct conf *conf,
-			  const struct conf_credential *credential, const struct query *q,
-			  const struct relay_request *request, const struct relay_events *events,
-			  void *arg);
+struct relay *relay_start(struct event_base *base, struct upstream *upstream, struct cache *cache,
+			  const struct conf *conf, const struct conf_credential *credential,
+			  const struct query *q, const struct relay_request *request,
+			  const struct relay_events *events, void *arg);
 
 /* Everything queued for the client was written: a paused transfer goes on. */
 void relay_drained(struct relay *relay);

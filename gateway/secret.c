@@ -36,11 +36,9 @@ static int has_control_character(const char *text, size_t length)
 	return 0;
 }
 
-static int read_secret_file(const char *path, char **value, int *insecure, char *err,
-			    size_t errlen)
+static int read_secret_file(const char *path, char **value, int *insecure, char *err, size_t errlen)
 {
-	const size_t capacity =
-		SECRET_MAX_BYTES + 2; /* one byte to spot "too big" */
+	const size_t capacity = SECRET_MAX_BYTES + 2; /* one byte to spot "too big" */
 	char *buffer = NULL;
 	size_t length = 0;
 	struct stat st;
@@ -49,8 +47,7 @@ static int read_secret_file(const char *path, char **value, int *insecure, char 
 	/* O_NONBLOCK: a FIFO must not hang the load; it is rejected below anyway. */
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 	if (fd == -1 || fstat(fd, &st) == -1) {
-		snprintf(err, errlen, "cannot read secret file %s: %s", path,
-			 strerror(errno));
+		snprintf(err, errlen, "cannot read secret file %s: %s", path, strerror(errno));
 		goto fail;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -119,8 +116,8 @@ static int copy_secret(const char *secret, const char *origin, char **value, cha
 		return -1;
 	}
 	if (has_control_character(secret, strlen(secret))) {
-		snprintf(err, errlen,
-			 "%s contains a line break or another control character", origin);
+		snprintf(err, errlen, "%s contains a line break or another control character",
+			 origin);
 		return -1;
 	}
 	*value = strdup(secret);

@@ -138,9 +138,8 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	struct server *server = ex->server;
 	int restore_timeouts = ex->output_watch != NULL;
 
-	if (ex->relay != NULL &&
-	    (ex->state == EXCHANGE_STREAMING || ex->state == EXCHANGE_CUTTING ||
-	     ex->state == EXCHANGE_REPLIED)) {
+	if (ex->relay != NULL && (ex->state == EXCHANGE_STREAMING ||
+				  ex->state == EXCHANGE_CUTTING || ex->state == EXCHANGE_REPLIED)) {
 		/* body bytes that left, not those still queued when the end came */
 		uint64_t handed = relay_bytes_handed(ex->relay);
 		size_t queued = ex->output != NULL ? evbuffer_get_length(ex->output) : 0;
@@ -248,8 +247,7 @@ void exchange_reply(struct exchange *ex, int status, const char *content_type,
 	evhttp_send_reply(ex->req, status, NULL, body);
 }
 
-void exchange_reply_error(struct exchange *ex, int status, const char *code,
-			  const char *message)
+void exchange_reply_error(struct exchange *ex, int status, const char *code, const char *message)
 {
 	struct evbuffer *body = evbuffer_new();
 	size_t length = 0;
@@ -388,7 +386,8 @@ static void handle_request(struct exchange *ex)
 	else
 		allowed = peer != NULL && auth_address_allowed(ex->server->auth, peer);
 	if (!allowed) {
-		exchange_reply_error(ex, 403, "forbidden", "this address may not use this endpoint");
+		exchange_reply_error(ex, 403, "forbidden",
+				     "this address may not use this endpoint");
 		return;
 	}
 	if (checks_request(&head, ex->route, &refusal)) {

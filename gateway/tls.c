@@ -13,9 +13,9 @@
 #include "log.h"
 
 /* TLS 1.2 suites: ECDHE key exchange and AEAD only (TLS 1.3 suites are all such). */
-#define TLS_CIPHERS                                                                      \
-	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                      \
-	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                      \
+#define TLS_CIPHERS                                                                                \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                               \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                               \
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 static void log_openssl(const char *what, const char *file)

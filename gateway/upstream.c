@@ -36,7 +36,7 @@
 
 #include <utlist.h>
 
-#define UPSTREAM_USER_AGENT "gumloop-gateway/" PACKAGE_VERSION
+#define UPSTREAM_USER_AGENT	"gumloop-gateway/" PACKAGE_VERSION
 #define UPSTREAM_MAX_CONNECT_MS 10000L
 /* libcurl's own lifetime for a parsed CA bundle. */
 #define UPSTREAM_CA_CACHE_SECONDS (24L * 3600)
@@ -45,7 +45,7 @@ struct upstream {
 	struct event_base *base;
 	struct pools *pools;
 	struct upstream_call *calls; /* every running call, for cancel-all */
-	int64_t applied_ms; /* when the config (and its CA bundle) was applied */
+	int64_t applied_ms;	     /* when the config (and its CA bundle) was applied */
 };
 
 struct upstream_call {
@@ -54,8 +54,8 @@ struct upstream_call {
 	CURL *easy;
 	struct curl_slist *headers; /* holds the API key: wiped before free */
 	struct evbuffer *body;
-	int too_large;	    /* body over UPSTREAM_MAX_JSON_BYTES */
-	int head_too_large; /* headers over UPSTREAM_MAX_HEADER_BYTES */
+	int too_large;	     /* body over UPSTREAM_MAX_JSON_BYTES */
+	int head_too_large;  /* headers over UPSTREAM_MAX_HEADER_BYTES */
 	const char *invalid; /* why the head cannot be trusted, or NULL */
 	int stopped;	     /* the handler wanted the head only */
 	int have_head;	     /* the final head arrived */
@@ -163,7 +163,8 @@ static void call_free(struct upstream_call *call)
 	struct curl_slist *header;
 
 	if (call->easy != NULL) {
-		CURLMcode rc = curl_multi_remove_handle(pools_multi(call->upstream->pools, call->pool), call->easy);
+		CURLMcode rc = curl_multi_remove_handle(
+			pools_multi(call->upstream->pools, call->pool), call->easy);
 
 		if (rc != CURLM_OK)
 			log_error("%s: curl_multi_remove_handle: %s", __func__,
@@ -416,8 +417,8 @@ static int head_done(struct upstream_call *call)
 {
 	const char *why = NULL;
 
-	if (framing_check(call->head.status, &call->response_headers,
-			  &call->head.content_length, &why) < 0) {
+	if (framing_check(call->head.status, &call->response_headers, &call->head.content_length,
+			  &why) < 0) {
 		call->invalid = why;
 		return -1;
 	}
@@ -528,13 +529,12 @@ static long ca_cache_seconds(const struct upstream *upstream)
 	return since < UPSTREAM_CA_CACHE_SECONDS ? (long)since : UPSTREAM_CA_CACHE_SECONDS;
 }
 
-#define SETOPT(easy, option, value)                                                  \
-	do {                                                                         \
-		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {             \
-			log_error("%s: curl_easy_setopt(%s) failed", __func__,       \
-				  #option);                                          \
-			goto fail;                                                   \
-		}                                                                    \
+#define SETOPT(easy, option, value)                                                                \
+	do {                                                                                       \
+		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {                           \
+			log_error("%s: curl_easy_setopt(%s) failed", __func__, #option);           \
+			goto fail;                                                                 \
+		}                                                                                  \
 	} while (0)
 
 /* Request options only downloads have. */
@@ -621,11 +621,11 @@ fail:
 }
 
 static struct upstream_call *call_start(struct upstream *upstream, const struct conf *conf,
-				       const struct conf_credential *credential,
-				       const struct query *q, const char *range,
-				       const char *if_range,
-				       const struct upstream_download_handlers *handlers,
-				       upstream_done_cb done, void *arg)
+					const struct conf_credential *credential,
+					const struct query *q, const char *range,
+					const char *if_range,
+					const struct upstream_download_handlers *handlers,
+					upstream_done_cb done, void *arg)
 {
 	struct upstream_call *call = calloc(1, sizeof(*call));
 	struct timeval deadline = timeval_of(conf->upstream_timeout_ms);
@@ -670,23 +670,20 @@ fail:
 	return NULL;
 }
 
-struct upstream_call *upstream_start_status(struct upstream *upstream,
-					    const struct conf *conf,
+struct upstream_call *upstream_start_status(struct upstream *upstream, const struct conf *conf,
 					    const struct conf_credential *credential,
-					    const struct query *q, upstream_done_cb done,
-					    void *arg)
+					    const struct query *q, upstream_done_cb done, void *arg)
 {
 	return call_start(upstream, conf, credential, q, NULL, NULL, NULL, done, arg);
 }
 
-struct upstream_call *upstream_start_download(struct upstream *upstream,
-					      const struct conf *conf,
+struct upstream_call *upstream_start_download(struct upstream *upstream, const struct conf *conf,
 					      const struct conf_credential *credential,
 					      const struct query *q, const char *range,
 					      const char *if_range,
 					      const struct upstream_download_handlers *handlers,
 					      void *arg)
 {
-	return call_start(upstream, conf, credential, q, range, if_range, handlers,
-			  handlers->done, arg);
+	return call_start(upstream, conf, credential, q, range, if_range, handlers, handlers->done,
+			  arg);
 }

@@ -24,16 +24,16 @@ struct conf;
 struct conf_credential;
 struct query;
 
-#define UPSTREAM_MAX_JSON_BYTES (1024 * 1024)
+#define UPSTREAM_MAX_JSON_BYTES	  (1024 * 1024)
 #define UPSTREAM_MAX_HEADER_BYTES (64 * 1024)
 
 enum upstream_outcome {
-	UPSTREAM_OK,		  /* a complete HTTP response arrived */
-	UPSTREAM_CONNECT_FAILED,  /* DNS, TCP or TLS (certificate) failure */
-	UPSTREAM_TIMEOUT,	  /* upstream_timeout elapsed (queued time included) */
-	UPSTREAM_TOO_LARGE,	  /* body over UPSTREAM_MAX_JSON_BYTES, headers over 64 KiB */
-	UPSTREAM_INVALID,	  /* a head the gateway cannot trust (see framing.h) */
-	UPSTREAM_FAILED,	  /* reset, closed before headers or mid-body, anything else */
+	UPSTREAM_OK,		 /* a complete HTTP response arrived */
+	UPSTREAM_CONNECT_FAILED, /* DNS, TCP or TLS (certificate) failure */
+	UPSTREAM_TIMEOUT,	 /* upstream_timeout elapsed (queued time included) */
+	UPSTREAM_TOO_LARGE,	 /* body over UPSTREAM_MAX_JSON_BYTES, headers over 64 KiB */
+	UPSTREAM_INVALID,	 /* a head the gateway cannot trust (see framing.h) */
+	UPSTREAM_FAILED,	 /* reset, closed before headers or mid-body, anything else */
 };
 
 struct upstream_result {
@@ -48,7 +48,7 @@ struct upstream_result {
 /* The final head of a response, checked (framing.h) before anyone sees it. */
 struct upstream_head {
 	long status;
-	int64_t content_length; /* -1: chunked or until close */
+	int64_t content_length;		 /* -1: chunked or until close */
 	const struct evkeyvalq *headers; /* names as sent, values trimmed */
 };
 
@@ -97,8 +97,7 @@ void upstream_free(struct upstream *upstream);
  * when the transfer could not be started; done fires later, never from inside
  * this call.
  */
-struct upstream_call *upstream_start_status(struct upstream *upstream,
-					    const struct conf *conf,
+struct upstream_call *upstream_start_status(struct upstream *upstream, const struct conf *conf,
 					    const struct conf_credential *credential,
 					    const struct query *q, upstream_done_cb done,
 					    void *arg);
@@ -110,8 +109,7 @@ struct upstream_call *upstream_start_status(struct upstream *upstream,
  * The head must arrive within upstream_timeout; after it, the body may take as
  * long as it likes while no gap between bytes exceeds upstream_idle_timeout.
  */
-struct upstream_call *upstream_start_download(struct upstream *upstream,
-					      const struct conf *conf,
+struct upstream_call *upstream_start_download(struct upstream *upstream, const struct conf *conf,
 					      const struct conf_credential *credential,
 					      const struct query *q, const char *range,
 					      const char *if_range,

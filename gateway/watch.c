@@ -62,8 +62,8 @@ static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 			ex->end_note = "client-reset";
 		} else {
 			n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-			if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
-						errno == EINTR)))
+			if (n > 0 ||
+			    (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
 				return; /* bytes waiting, or nothing after all */
 		}
 	}
@@ -89,9 +89,9 @@ void watch_client_start(struct exchange *ex)
 	 */
 	watch_client_stop(ex);
 	kind &= ~(EV_ET | EV_READ);
-	ex->client_watch = kind & EV_CLOSED ? event_new(ex->server->base, fd, kind,
-							  on_client_watch, ex)
-					    : NULL;
+	ex->client_watch = kind & EV_CLOSED
+				   ? event_new(ex->server->base, fd, kind, on_client_watch, ex)
+				   : NULL;
 	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
 		log_warn("%s: cannot watch the client connection", __func__);
 		watch_client_stop(ex);

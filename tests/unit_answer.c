@@ -38,7 +38,8 @@ static struct conf conf = {
 /* The answer to a complete response of status with body (content type JSON). */
 static void answered(struct answer *answer, long status, const char *body)
 {
-	struct upstream_result result = { .outcome = UPSTREAM_OK, .status = status,
+	struct upstream_result result = { .outcome = UPSTREAM_OK,
+					  .status = status,
 					  .content_type = "application/json" };
 
 	result.body = evbuffer_new();
@@ -149,8 +150,13 @@ static void test_error_statuses(void **state)
 static void test_invalid_bodies(void **state)
 {
 	static const char *const bodies[] = {
-		"", "<html>oops</html>", "{\"state\":5}", "[\"state\"]", "{\"status\":\"x\"}",
-		"{\"state\":\"COMPLETED\"} x", "{\"state\":\"A\",\"state\":\"COMPLETED\"}",
+		"",
+		"<html>oops</html>",
+		"{\"state\":5}",
+		"[\"state\"]",
+		"{\"status\":\"x\"}",
+		"{\"state\":\"COMPLETED\"} x",
+		"{\"state\":\"A\",\"state\":\"COMPLETED\"}",
 		"{\"data_export_id\":\"b\",\"state\":\"COMPLETED\"}",
 		"{\"data_export_id\":7,\"state\":\"COMPLETED\"}",
 	};
@@ -217,9 +223,9 @@ static void test_parse_state(void **state)
 	assert_string_equal(answer_parse_state(in_progress, strlen(in_progress), NULL, text,
 					       sizeof(text), &why),
 			    "IN_PROGRESS");
-	assert_string_equal(answer_parse_state(in_progress, strlen(in_progress), "a", text,
-					       sizeof(text), &why),
-			    "IN_PROGRESS");
+	assert_string_equal(
+		answer_parse_state(in_progress, strlen(in_progress), "a", text, sizeof(text), &why),
+		"IN_PROGRESS");
 	assert_null(answer_parse_state(in_progress, strlen(in_progress), "b", text, sizeof(text),
 				       &why));
 	assert_non_null(strstr(why, "another export"));
@@ -260,8 +266,8 @@ static void test_error_body(void **state)
 
 	(void)state;
 	assert_non_null(body);
-	assert_string_equal(body,
-			    "{\"error\":\"bad_request\",\"message\":\"a \\\"quoted\\\" message\\n\"}");
+	assert_string_equal(
+		body, "{\"error\":\"bad_request\",\"message\":\"a \\\"quoted\\\" message\\n\"}");
 	assert_int_equal(length, strlen(body));
 	free(body);
 }
@@ -269,14 +275,10 @@ static void test_error_body(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_states_and_ttls),
-		cmocka_unit_test(test_error_statuses),
-		cmocka_unit_test(test_invalid_bodies),
-		cmocka_unit_test(test_failures),
-		cmocka_unit_test(test_error_bodies_redacted),
-		cmocka_unit_test(test_parse_state),
-		cmocka_unit_test(test_ttl_per_state),
-		cmocka_unit_test(test_error_body),
+		cmocka_unit_test(test_states_and_ttls),	      cmocka_unit_test(test_error_statuses),
+		cmocka_unit_test(test_invalid_bodies),	      cmocka_unit_test(test_failures),
+		cmocka_unit_test(test_error_bodies_redacted), cmocka_unit_test(test_parse_state),
+		cmocka_unit_test(test_ttl_per_state),	      cmocka_unit_test(test_error_body),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -130,7 +130,7 @@ static void test_lru_eviction_order(void **state)
 	put(f, "u", "b", "IN_PROGRESS");
 	put(f, "u", "c", "IN_PROGRESS");
 	assert_int_equal(lookup(f, "u", "a", 0, &answer), 1); /* a is now the newest */
-	put(f, "u", "d", "IN_PROGRESS");		       /* evicts b, the oldest */
+	put(f, "u", "d", "IN_PROGRESS");		      /* evicts b, the oldest */
 	assert_int_equal(cache_entry_count(f->cache), 3);
 	assert_int_equal(lookup(f, "u", "b", 0, &answer), 0);
 	assert_int_equal(lookup(f, "u", "a", 0, &answer), 1);

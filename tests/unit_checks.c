@@ -67,9 +67,8 @@ static void test_framing_accepted(void **state)
 	(void)state;
 	assert_int_equal(framed(200, (const char *[]){ "Content-Length: 42", NULL }), 42);
 	assert_int_equal(framed(206, (const char *[]){ "Content-Length: 0", NULL }), 0);
-	assert_int_equal(framed(200, (const char *[]){ "Content-Length: 7", "Content-Length: 7",
-						       NULL }),
-			 7);
+	assert_int_equal(
+		framed(200, (const char *[]){ "Content-Length: 7", "Content-Length: 7", NULL }), 7);
 	assert_int_equal(framed(200, (const char *[]){ "Content-Length: 7, 7", NULL }), 7);
 	assert_int_equal(framed(200, (const char *[]){ "Transfer-Encoding: chunked", NULL }), -1);
 	assert_int_equal(framed(200, (const char *[]){ "Transfer-Encoding: Chunked", NULL }), -1);
@@ -106,8 +105,9 @@ static void test_framing_refused(void **state)
 		"Transfer-Encoding");
 	refused(200, (const char *[]){ "Transfer-Encoding: chunked, chunked", NULL },
 		"Transfer-Encoding");
-	refused(200, (const char *[]){ "Transfer-Encoding: chunked", "Transfer-Encoding: chunked",
-				       NULL },
+	refused(200,
+		(const char *[]){ "Transfer-Encoding: chunked", "Transfer-Encoding: chunked",
+				  NULL },
 		"Transfer-Encoding");
 	refused(200, (const char *[]){ "Transfer-Encoding: identity", NULL }, "Transfer-Encoding");
 	refused(200, (const char *[]){ "Content-Encoding: gzip", NULL }, "Content-Encoding");
@@ -166,7 +166,8 @@ static void test_json_accepted(void **state)
 	json_ok(" \t\r\n{ \"a\" : [ 1, -0.5e+3, 0, 1E2, true, false, null, {} , [] ] } \n");
 	json_ok("\"just a string\"");
 	json_ok("0");
-	json_ok("{\"s\":\"caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 \\u00e9 \\ud83d\\ude00 \\\" \\\\ \\/ \\b\\f\\n\\r\\t\"}");
+	json_ok("{\"s\":\"caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 \\u00e9 \\ud83d\\ude00 \\\" "
+		"\\\\ \\/ \\b\\f\\n\\r\\t\"}");
 	json_ok("{\"a\":{\"k\":1},\"b\":{\"k\":2}}"); /* the same key in two objects */
 	json_ok("{\"k\":1,\"K\":2}");
 }
@@ -187,9 +188,9 @@ static void test_json_refused(void **state)
 	JSON_REFUSED("{\"a\":{\"k\":1,\"x\":2,\"k\":3}}", "twice");
 	JSON_REFUSED("{\"st\\u0061te\":1,\"state\":2}", "twice"); /* equal once decoded */
 	JSON_REFUSED("{\"s\":\"\xc3\x28\"}", "UTF-8");
-	JSON_REFUSED("{\"s\":\"\xc0\xaf\"}", "UTF-8");		/* overlong / */
-	JSON_REFUSED("{\"s\":\"\xe0\x80\xaf\"}", "UTF-8");	/* overlong, 3 bytes */
-	JSON_REFUSED("{\"s\":\"\xed\xa0\x80\"}", "UTF-8");	/* a surrogate */
+	JSON_REFUSED("{\"s\":\"\xc0\xaf\"}", "UTF-8");	       /* overlong / */
+	JSON_REFUSED("{\"s\":\"\xe0\x80\xaf\"}", "UTF-8");     /* overlong, 3 bytes */
+	JSON_REFUSED("{\"s\":\"\xed\xa0\x80\"}", "UTF-8");     /* a surrogate */
 	JSON_REFUSED("{\"s\":\"\xf4\x90\x80\x80\"}", "UTF-8"); /* past U+10FFFF */
 	JSON_REFUSED("{\"s\":\"\xff\"}", "UTF-8");
 	JSON_REFUSED("{\"s\":\"\xe2\x98\"}", "UTF-8"); /* cut short */

@@ -36,8 +36,7 @@ static int group_setup(void **state)
 	return 0;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int type,
-			struct FTW *ftw)
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
 {
 	(void)st;
 	(void)type;
@@ -85,8 +84,8 @@ static struct conf *load_text(char *err, const char *text)
 }
 
 /* Writes dir/name and puts "file:dir/name" into spec. */
-static void write_secret(char *spec, size_t speclen, const char *name,
-			 const void *content, size_t length, mode_t mode)
+static void write_secret(char *spec, size_t speclen, const char *name, const void *content,
+			 size_t length, mode_t mode)
 {
 	char path[256];
 
@@ -94,8 +93,7 @@ static void write_secret(char *spec, size_t speclen, const char *name,
 	snprintf(spec, speclen, "file:%s", path);
 }
 
-static struct conf *load(char *err, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+static struct conf *load(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static struct conf *load(char *err, const char *fmt, ...)
 {
@@ -147,10 +145,9 @@ static void assert_error(const char *err, int line, const char *rest)
 	}
 }
 
-static void assert_cidr(const struct cidr *cidr, int family, const char *address,
-			unsigned prefix)
+static void assert_cidr(const struct cidr *cidr, int family, const char *address, unsigned prefix)
 {
-	unsigned char binary[16] = {0};
+	unsigned char binary[16] = { 0 };
 
 	assert_int_equal(cidr->family, family);
 	assert_int_equal(inet_pton(family, address, binary), 1);
@@ -378,16 +375,15 @@ static void test_listens(void **state)
 	(void)state;
 	write_text(cert, sizeof(cert), "listen.crt", "cert\n");
 	write_text(key, sizeof(key), "listen.key", "key\n");
-	conf = load(
-		err,
-		"listen = 0.0.0.0:80\n"
-		"  listen = [0:0::1]:08080\n" /* indented: not a continuation */
-		"listen = [2001:db8::10]:443   tls\n"
-		"listen = 192.0.2.1:0 tls\n"
-		"listen = 192.0.2.1:0\n" /* port 0 twice: the kernel picks two ports */
-		"listen = [::]:65535\n"
-		"tls_cert = %s\ntls_key = %s\n" CREDENTIAL,
-		cert, key);
+	conf = load(err,
+		    "listen = 0.0.0.0:80\n"
+		    "  listen = [0:0::1]:08080\n" /* indented: not a continuation */
+		    "listen = [2001:db8::10]:443   tls\n"
+		    "listen = 192.0.2.1:0 tls\n"
+		    "listen = 192.0.2.1:0\n" /* port 0 twice: the kernel picks two ports */
+		    "listen = [::]:65535\n"
+		    "tls_cert = %s\ntls_key = %s\n" CREDENTIAL,
+		    cert, key);
 	if (!conf)
 		fail_msg("%s", err);
 	assert_int_equal(conf->listen_count, 6);
@@ -441,11 +437,12 @@ static void test_unknown_key(void **state)
 	char err[ERR_SIZE];
 
 	(void)state;
-	assert_int_equal(load_fails(err, "listen = 127.0.0.1:1\n"
-					 "cache_ttl = 5s\n" CREDENTIAL "colour = blue\n"
-					 "upstream = https://example.com\n"
-					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
-					 "Token = x\n"),
+	assert_int_equal(load_fails(err,
+				    "listen = 127.0.0.1:1\n"
+				    "cache_ttl = 5s\n" CREDENTIAL "colour = blue\n"
+				    "upstream = https://example.com\n"
+				    "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
+				    "Token = x\n"),
 			 4);
 	assert_error(err, 2, "cache_ttl: unknown key");
 	assert_error(err, 6, "colour: unknown key in [credential main]");
@@ -458,16 +455,15 @@ static void test_unknown_section(void **state)
 	char err[ERR_SIZE];
 
 	(void)state;
-	assert_int_equal(
-		load_fails(err, CREDENTIAL
-			   "[server]\n"
-			   "listen = 1.2.3.4:5\n" /* inside a bad section: not reported */
-			   "[credential]\n"
-			   "[client two words]\n"
-			   "[client bad/name]\n"
-			   "[Credential x]\n"
-			   "[ ]\n"),
-		6);
+	assert_int_equal(load_fails(err, CREDENTIAL
+				    "[server]\n"
+				    "listen = 1.2.3.4:5\n" /* inside a bad section: not reported */
+				    "[credential]\n"
+				    "[client two words]\n"
+				    "[client bad/name]\n"
+				    "[Credential x]\n"
+				    "[ ]\n"),
+			 6);
 	assert_error(err, 4, "[server]: unknown section");
 	assert_error(err, 6, "[credential]: expected [credential NAME]");
 	assert_error(err, 7, "[client two words]: expected [client NAME]");
@@ -505,25 +501,26 @@ static void test_bad_numbers(void **state)
 	char err[ERR_SIZE];
 
 	(void)state;
-	assert_int_equal(load_fails(err, "cache_max_entries = 0\n"
-					 "max_connections = 1000001\n"
-					 "max_downloads = 10k\n"
-					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
-					 "rate = 0/s\n" CREDENTIAL),
+	assert_int_equal(load_fails(err,
+				    "cache_max_entries = 0\n"
+				    "max_connections = 1000001\n"
+				    "max_downloads = 10k\n"
+				    "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
+				    "rate = 0/s\n" CREDENTIAL),
 			 4);
-	assert_error(err, 1,
-		     "cache_max_entries: must be a whole number from 1 to 10000000");
+	assert_error(err, 1, "cache_max_entries: must be a whole number from 1 to 10000000");
 	assert_error(err, 2, "max_connections: must be a whole number from 1 to 1000000");
 	assert_error(err, 3, "max_downloads: must be a whole number from 1 to 100000");
 	assert_error(err, 7, "rate: must be N/s or N/m");
 
-	assert_int_equal(load_fails(err, "max_downloads = 100001\n"
-					 "cache_max_entries = -5\n"
-					 "max_connections = 18446744073709551616\n"
-					 "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
-					 "rate = 20/h\n" CREDENTIAL
-					 "[client d]\ntoken = u-0123456789abcdef\ncredentials = main\n"
-					 "rate = 20\n"),
+	assert_int_equal(load_fails(err,
+				    "max_downloads = 100001\n"
+				    "cache_max_entries = -5\n"
+				    "max_connections = 18446744073709551616\n"
+				    "[client c]\ntoken = t-0123456789abcdef\ncredentials = main\n"
+				    "rate = 20/h\n" CREDENTIAL
+				    "[client d]\ntoken = u-0123456789abcdef\ncredentials = main\n"
+				    "rate = 20\n"),
 			 5);
 	assert_error(err, 1, "max_downloads: ");
 	assert_error(err, 2, "cache_max_entries: ");
@@ -579,10 +576,10 @@ static void test_client_credentials(void **state)
 	char err[ERR_SIZE];
 
 	(void)state;
-	assert_int_equal(load_fails(err, "[client c]\n"
-					 "token = t-0123456789abcdef\n"
-					 "credentials = main nope,main\n" CREDENTIAL
-					 "[client d]\n"),
+	assert_int_equal(load_fails(err,
+				    "[client c]\n"
+				    "token = t-0123456789abcdef\n"
+				    "credentials = main nope,main\n" CREDENTIAL "[client d]\n"),
 			 4);
 	assert_error(err, 3, "credentials: unknown credential nope");
 	assert_error(err, 3, "credentials: main is listed twice");
@@ -602,11 +599,10 @@ static void test_tls_needs_cert_and_key(void **state)
 	assert_error(err, 2, "tls_cert: required when a listen uses tls");
 	assert_error(err, 2, "tls_key: required when a listen uses tls");
 
-	assert_int_equal(load_fails(err,
-				    "listen = 127.0.0.1:8443 tls\n"
-				    "tls_cert = /nonexistent/server.crt\n"
-				    "tls_key = /nonexistent/server.key\n"
-				    "upstream_ca = /nonexistent/ca.pem\n" CREDENTIAL),
+	assert_int_equal(load_fails(err, "listen = 127.0.0.1:8443 tls\n"
+					 "tls_cert = /nonexistent/server.crt\n"
+					 "tls_key = /nonexistent/server.key\n"
+					 "upstream_ca = /nonexistent/ca.pem\n" CREDENTIAL),
 			 3);
 	assert_error(err, 2, "tls_cert: cannot read /nonexistent/server.crt: ");
 	assert_error(err, 3, "tls_key: cannot read /nonexistent/server.key: ");
@@ -619,14 +615,12 @@ static void test_upstream(void **state)
 	struct conf *conf;
 
 	(void)state;
-	assert_int_equal(
-		load_fails(err, "upstream = http://api.gumloop.com/api/v1\n" CREDENTIAL),
-		1);
+	assert_int_equal(load_fails(err, "upstream = http://api.gumloop.com/api/v1\n" CREDENTIAL),
+			 1);
 	assert_error(err, 1, "upstream: must start with https://");
 	assert_int_equal(load_fails(err, "upstream = https:///path\n" CREDENTIAL), 1);
 	assert_error(err, 1, "upstream: ");
-	assert_int_equal(
-		load_fails(err, "upstream = https://a.example/?x=1\n" CREDENTIAL), 1);
+	assert_int_equal(load_fails(err, "upstream = https://a.example/?x=1\n" CREDENTIAL), 1);
 	assert_error(err, 1, "upstream: ");
 
 	conf = load_text(err, "upstream = https://a.example///\n" CREDENTIAL);
@@ -649,8 +643,7 @@ static void test_duplicates(void **state)
 						    "api_key = k-third\n"),
 			 2);
 	assert_error(err, 5, "user_id: same user id as [credential main]");
-	assert_error(err, 7,
-		     "[credential main]: duplicate name, first defined at line 1");
+	assert_error(err, 7, "[credential main]: duplicate name, first defined at line 1");
 	assert_true(strstr(err, "u-main") == NULL);
 
 	assert_int_equal(
@@ -758,9 +751,8 @@ static void test_missing_file(void **state)
 
 	(void)state;
 	assert_null(conf_load("/nonexistent/gateway.conf", err, sizeof(err)));
-	assert_string_equal(
-		err,
-		"/nonexistent/gateway.conf:0: cannot open: No such file or directory");
+	assert_string_equal(err,
+			    "/nonexistent/gateway.conf:0: cannot open: No such file or directory");
 }
 
 static void test_empty_values(void **state)
@@ -797,39 +789,33 @@ static void test_secret_literal_env_file(void **state)
 	int insecure;
 
 	(void)state;
-	assert_int_equal(
-		secret_resolve("plain-value", &value, &insecure, err, sizeof(err)),
-		0);
+	assert_int_equal(secret_resolve("plain-value", &value, &insecure, err, sizeof(err)), 0);
 	assert_string_equal(value, "plain-value");
 	assert_int_equal(insecure, 0);
 	free(value);
 
 	setenv("UNIT_CONF_SECRET", "from-env", 1);
-	assert_int_equal(secret_resolve("env:UNIT_CONF_SECRET", &value, &insecure,
-					     err, sizeof(err)),
-			 0);
+	assert_int_equal(
+		secret_resolve("env:UNIT_CONF_SECRET", &value, &insecure, err, sizeof(err)), 0);
 	assert_string_equal(value, "from-env");
 	free(value);
 
 	write_text(path, sizeof(path), "lf.secret", "line-feed\n");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 0);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), 0);
 	assert_string_equal(value, "line-feed");
 	assert_int_equal(insecure, 0);
 	free(value);
 
 	write_text(path, sizeof(path), "crlf.secret", "carriage-return\r\n");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 0);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), 0);
 	assert_string_equal(value, "carriage-return");
 	free(value);
 
 	write_text(path, sizeof(path), "bare.secret", "no-newline");
 	snprintf(spec, sizeof(spec), "file:%s", path);
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 0);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), 0);
 	assert_string_equal(value, "no-newline");
 	free(value);
 	unsetenv("UNIT_CONF_SECRET");
@@ -844,30 +830,25 @@ static void test_secret_file_size_limit(void **state)
 
 	(void)state;
 	memset(content, 'a', sizeof(content));
-	write_secret(spec, sizeof(spec), "max.secret", content, SECRET_MAX_BYTES,
-		     0600);
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 0);
+	write_secret(spec, sizeof(spec), "max.secret", content, SECRET_MAX_BYTES, 0600);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), 0);
 	assert_int_equal(strlen(value), SECRET_MAX_BYTES);
 	free(value);
 
 	write_secret(spec, sizeof(spec), "big.secret", content, sizeof(content), 0600);
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 -1);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), -1);
 	assert_null(value);
 	assert_non_null(strstr(err, spec + 5));
 	assert_non_null(strstr(err, "larger than 4096 bytes"));
 }
 
-static void assert_secret_fails(const char *spec, const char *message_part,
-				const char *secret)
+static void assert_secret_fails(const char *spec, const char *message_part, const char *secret)
 {
 	char err[512];
 	char *value = (char *)"unchanged";
 	int insecure;
 
-	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)),
-			 -1);
+	assert_int_equal(secret_resolve(spec, &value, &insecure, err, sizeof(err)), -1);
 	assert_null(value);
 	if (!strstr(err, message_part))
 		fail_msg("\"%s\" not in \"%s\"", message_part, err);
@@ -884,16 +865,14 @@ static void test_secret_errors(void **state)
 	assert_secret_fails("env:UNIT_CONF_UNSET",
 			    "environment variable UNIT_CONF_UNSET is not set", NULL);
 	setenv("UNIT_CONF_EMPTY", "", 1);
-	assert_secret_fails("env:UNIT_CONF_EMPTY",
-			    "environment variable UNIT_CONF_EMPTY is empty", NULL);
+	assert_secret_fails("env:UNIT_CONF_EMPTY", "environment variable UNIT_CONF_EMPTY is empty",
+			    NULL);
 	setenv("UNIT_CONF_NEWLINE", "hunter2\nhunter3", 1);
-	assert_secret_fails("env:UNIT_CONF_NEWLINE", "UNIT_CONF_NEWLINE contains",
-			    "hunter");
+	assert_secret_fails("env:UNIT_CONF_NEWLINE", "UNIT_CONF_NEWLINE contains", "hunter");
 	assert_secret_fails("env:", "env: needs a variable name", NULL);
 	assert_secret_fails("file:", "file: needs a path", NULL);
 	assert_secret_fails("file:/nonexistent/secret",
-			    "cannot read secret file /nonexistent/secret: No such file",
-			    NULL);
+			    "cannot read secret file /nonexistent/secret: No such file", NULL);
 	snprintf(spec, sizeof(spec), "file:%s", dir);
 	assert_secret_fails(spec, "is not a regular file", NULL);
 	assert_secret_fails("tab\tinside", "secret contains", "tab");
@@ -902,11 +881,10 @@ static void test_secret_errors(void **state)
 	assert_secret_fails(spec, "is empty", NULL);
 	write_secret(spec, sizeof(spec), "newline-only.secret", "\n", 1, 0600);
 	assert_secret_fails(spec, "is empty", NULL);
-	write_secret(spec, sizeof(spec), "two-lines.secret", "swordfish-1\nswordfish-2\n",
-		     24, 0600);
-	assert_secret_fails(spec, "contains a NUL byte, a line break", "swordfish");
-	write_secret(spec, sizeof(spec), "two-newlines.secret", "swordfish-3\n\n", 13,
+	write_secret(spec, sizeof(spec), "two-lines.secret", "swordfish-1\nswordfish-2\n", 24,
 		     0600);
+	assert_secret_fails(spec, "contains a NUL byte, a line break", "swordfish");
+	write_secret(spec, sizeof(spec), "two-newlines.secret", "swordfish-3\n\n", 13, 0600);
 	assert_secret_fails(spec, "contains a NUL byte, a line break", "swordfish");
 	write_secret(spec, sizeof(spec), "nul.secret", "sword\0fish", 10, 0600);
 	assert_secret_fails(spec, "contains a NUL byte", "sword");
@@ -948,8 +926,7 @@ static void test_insecure_secret_file_warns(void **state)
 
 	(void)state;
 	write_file(path, sizeof(path), "shared.key", "open-secret-42\n", 15, 0640);
-	snprintf(text, sizeof(text),
-		 "[credential main]\nuser_id = u\napi_key = file:%s\n", path);
+	snprintf(text, sizeof(text), "[credential main]\nuser_id = u\napi_key = file:%s\n", path);
 	write_conf(text);
 	conf = load_capturing_stderr(err, out, sizeof(out));
 	if (!conf)
@@ -957,20 +934,17 @@ static void test_insecure_secret_file_warns(void **state)
 	assert_string_equal(conf->credentials[0].api_key, "open-secret-42");
 	conf_free(conf);
 	snprintf(expected, sizeof(expected),
-		 "%s:3: api_key: secret file %s is readable by group or others",
-		 conf_path, path);
+		 "%s:3: api_key: secret file %s is readable by group or others", conf_path, path);
 	if (!strstr(out, expected))
 		fail_msg("\"%s\" not in \"%s\"", expected, out);
 	assert_null(strstr(out, "open-secret-42"));
 
 	snprintf(text, sizeof(text), "file:%s", path);
-	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)),
-			 0);
+	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)), 0);
 	assert_int_equal(insecure, 1);
 	free(value);
 	assert_int_equal(chmod(path, 0600), 0);
-	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)),
-			 0);
+	assert_int_equal(secret_resolve(text, &value, &insecure, err, sizeof(err)), 0);
 	assert_int_equal(insecure, 0);
 	free(value);
 }
@@ -981,17 +955,17 @@ static void test_parse_duration(void **state)
 		const char *text;
 		int64_t ms;
 	} valid[] = {
-		{"0", 0},
-		{"250ms", 250},
-		{"2s", 2000},
-		{"5m", 300000},
-		{"1h", 3600000},
-		{"30", 30000},
-		{"007s", 7000},
-		{"0ms", 0},
-		{"9223372036854775807ms", INT64_MAX},
-		{"9223372036854775s", INT64_C(9223372036854775000)},
-		{"2562047788015h", INT64_C(2562047788015) * 3600000},
+		{ "0", 0 },
+		{ "250ms", 250 },
+		{ "2s", 2000 },
+		{ "5m", 300000 },
+		{ "1h", 3600000 },
+		{ "30", 30000 },
+		{ "007s", 7000 },
+		{ "0ms", 0 },
+		{ "9223372036854775807ms", INT64_MAX },
+		{ "9223372036854775s", INT64_C(9223372036854775000) },
+		{ "2562047788015h", INT64_C(2562047788015) * 3600000 },
 	};
 	static const char *const invalid[] = {
 		"",
@@ -1037,14 +1011,14 @@ static void test_parse_size(void **state)
 		const char *text;
 		uint64_t bytes;
 	} valid[] = {
-		{"0", 0},
-		{"512", 512},
-		{"64k", 65536},
-		{"64K", 65536},
-		{"16m", 16777216},
-		{"1g", 1073741824},
-		{"18446744073709551615", UINT64_MAX},
-		{"17179869183g", UINT64_C(17179869183) << 30},
+		{ "0", 0 },
+		{ "512", 512 },
+		{ "64k", 65536 },
+		{ "64K", 65536 },
+		{ "16m", 16777216 },
+		{ "1g", 1073741824 },
+		{ "18446744073709551615", UINT64_MAX },
+		{ "17179869183g", UINT64_C(17179869183) << 30 },
 	};
 	static const char *const invalid[] = {
 		"",
@@ -1122,7 +1096,7 @@ static void test_parse_cidr(void **state)
 
 static int match4(const struct cidr *cidrs, size_t count, const char *address)
 {
-	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons(80)};
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons(80) };
 
 	assert_int_equal(inet_pton(AF_INET, address, &sin.sin_addr), 1);
 	return cidr_match(cidrs, count, (const struct sockaddr *)&sin);
@@ -1130,7 +1104,7 @@ static int match4(const struct cidr *cidrs, size_t count, const char *address)
 
 static int match6(const struct cidr *cidrs, size_t count, const char *address)
 {
-	struct sockaddr_in6 sin6 = {.sin6_family = AF_INET6, .sin6_port = htons(80)};
+	struct sockaddr_in6 sin6 = { .sin6_family = AF_INET6, .sin6_port = htons(80) };
 
 	assert_int_equal(inet_pton(AF_INET6, address, &sin6.sin6_addr), 1);
 	return cidr_match(cidrs, count, (const struct sockaddr *)&sin6);
@@ -1139,7 +1113,7 @@ static int match6(const struct cidr *cidrs, size_t count, const char *address)
 static void test_cidr_match(void **state)
 {
 	struct cidr cidrs[3], mapped, everything;
-	struct sockaddr unix_like = {.sa_family = AF_UNIX};
+	struct sockaddr unix_like = { .sa_family = AF_UNIX };
 
 	(void)state;
 	assert_int_equal(cidr_parse("127.0.0.0/8", &cidrs[0]), 0);
@@ -1188,14 +1162,13 @@ static void test_sample_config(void **state)
 	if (top)
 		snprintf(path, sizeof(path), "%s/conf/gateway.conf", top);
 	else if (slash)
-		snprintf(path, sizeof(path), "%.*s/../conf/gateway.conf",
-			 (int)(slash - __FILE__), __FILE__);
+		snprintf(path, sizeof(path), "%.*s/../conf/gateway.conf", (int)(slash - __FILE__),
+			 __FILE__);
 	else
 		snprintf(path, sizeof(path), "../conf/gateway.conf");
 	/* not skip(): cmocka 1.1.5 prints "not ok # SKIP", which TAP drivers fail */
 	if (access(path, R_OK) != 0) {
-		fprintf(stderr, "test_sample_config: %s not found, set TOP_SRCDIR\n",
-			path);
+		fprintf(stderr, "test_sample_config: %s not found, set TOP_SRCDIR\n", path);
 		return;
 	}
 	setenv("GUMLOOP_USER_ID", "sample-user", 1);

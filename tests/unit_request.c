@@ -158,9 +158,9 @@ static void test_refusals_and_their_order(void **state)
 			assert_int_equal(check(method, "/healthz", "/healthz", NULL), 405);
 	}
 	/* then header names and body framing */
-	assert_int_equal(check(EVHTTP_REQ_GET, "/healthz", "/healthz",
-			       (const char *[]){ "Na me: x", NULL }),
-			 400);
+	assert_int_equal(
+		check(EVHTTP_REQ_GET, "/healthz", "/healthz", (const char *[]){ "Na me: x", NULL }),
+		400);
 	assert_int_equal(check(EVHTTP_REQ_GET, "/healthz", "/healthz",
 			       (const char *[]){ "Transfer-Encoding: chunked", NULL }),
 			 400);
@@ -176,8 +176,10 @@ static void test_what_closes(void **state)
 {
 	(void)state;
 	assert_false(closes(EVHTTP_REQ_GET, "/healthz", NULL));
-	assert_false(closes(EVHTTP_REQ_GET, "/healthz", (const char *[]){ "Content-Length: 0", NULL }));
-	assert_true(closes(EVHTTP_REQ_HEAD, "/healthz", (const char *[]){ "Content-Length: 7", NULL }));
+	assert_false(
+		closes(EVHTTP_REQ_GET, "/healthz", (const char *[]){ "Content-Length: 0", NULL }));
+	assert_true(
+		closes(EVHTTP_REQ_HEAD, "/healthz", (const char *[]){ "Content-Length: 7", NULL }));
 	assert_true(closes(EVHTTP_REQ_GET, "/healthz",
 			   (const char *[]){ "Content-Length: 0", "Content-Length: 0", NULL }));
 	assert_true(closes(EVHTTP_REQ_GET, "/healthz",

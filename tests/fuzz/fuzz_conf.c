@@ -22,10 +22,10 @@
 
 #include "conf.h"
 
-#define ERROR_TEXT_BYTES 8192
+#define ERROR_TEXT_BYTES     8192
 #define SMALL_ERROR_TEXT_MAX 97
-#define DIRECTORY_FD 99 /* the seeds and conf.dict name it */
-#define CONF_NAME "gateway.conf"
+#define DIRECTORY_FD	     99 /* the seeds and conf.dict name it */
+#define CONF_NAME	     "gateway.conf"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -37,13 +37,13 @@ static const struct {
 	const char *name;
 	const char *value;
 } environment[] = {
-	{"GUMLOOP_USER_ID", "fuzz-user"},
-	{"GUMLOOP_API_KEY", "fuzz-api-key"},
-	{"GUMLOOP_USER_ID_2", "fuzz-user-2"},
-	{"GUMLOOP_API_KEY_2", "fuzz-api-key-2"},
-	{"GUMLOOP_CLIENT_TOKEN", "fuzz-client-token"},
-	{"GUMLOOP_EMPTY", ""},
-	{"GUMLOOP_CONTROL", "line\nbreak"},
+	{ "GUMLOOP_USER_ID", "fuzz-user" },
+	{ "GUMLOOP_API_KEY", "fuzz-api-key" },
+	{ "GUMLOOP_USER_ID_2", "fuzz-user-2" },
+	{ "GUMLOOP_API_KEY_2", "fuzz-api-key-2" },
+	{ "GUMLOOP_CLIENT_TOKEN", "fuzz-client-token" },
+	{ "GUMLOOP_EMPTY", "" },
+	{ "GUMLOOP_CONTROL", "line\nbreak" },
 };
 
 /* Contents NULL: SECRET_MAX_BYTES + repeat bytes of 'x'. */
@@ -53,14 +53,14 @@ static const struct {
 	int repeat;
 	mode_t mode;
 } secret_files[] = {
-	{"secret", "fuzz-file-secret\n", 0, 0600},
-	{"secret-crlf", "fuzz-crlf-secret\r\n", 0, 0600},
-	{"secret-readable", "fuzz-readable-secret", 0, 0644}, /* a warning */
-	{"empty", "", 0, 0600},
-	{"newline", "\n", 0, 0600},
-	{"control", "a\001b", 0, 0600},
-	{"largest", NULL, 0, 0600},
-	{"too-large", NULL, 1, 0600},
+	{ "secret", "fuzz-file-secret\n", 0, 0600 },
+	{ "secret-crlf", "fuzz-crlf-secret\r\n", 0, 0600 },
+	{ "secret-readable", "fuzz-readable-secret", 0, 0644 }, /* a warning */
+	{ "empty", "", 0, 0600 },
+	{ "newline", "\n", 0, 0600 },
+	{ "control", "a\001b", 0, 0600 },
+	{ "largest", NULL, 0, 0600 },
+	{ "too-large", NULL, 1, 0600 },
 };
 
 #define COUNT(array) (sizeof(array) / sizeof((array)[0]))
@@ -121,8 +121,7 @@ static void write_secret_files(void)
 		if (contents)
 			write_file(file, contents, strlen(contents), secret_files[i].mode);
 		else
-			write_file(file, filler,
-				   SECRET_MAX_BYTES + (size_t)secret_files[i].repeat,
+			write_file(file, filler, SECRET_MAX_BYTES + (size_t)secret_files[i].repeat,
 				   secret_files[i].mode);
 	}
 	free(filler);
@@ -189,8 +188,8 @@ static int nonempty(const char *text)
 static void check_cidr_matches(const struct cidr *cidrs, size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
-		struct sockaddr_in6 v6 = {.sin6_family = AF_INET6};
-		struct sockaddr_in v4 = {.sin_family = AF_INET};
+		struct sockaddr_in6 v6 = { .sin6_family = AF_INET6 };
+		struct sockaddr_in v4 = { .sin_family = AF_INET };
 
 		if (cidrs[i].family == AF_INET) {
 			memcpy(&v4.sin_addr, cidrs[i].addr, 4);

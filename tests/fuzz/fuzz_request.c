@@ -18,8 +18,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const enum evhttp_cmd_type methods[] = {
-	EVHTTP_REQ_GET,	    EVHTTP_REQ_HEAD,  EVHTTP_REQ_POST,  EVHTTP_REQ_PUT,  EVHTTP_REQ_DELETE,
-	EVHTTP_REQ_OPTIONS, EVHTTP_REQ_TRACE, EVHTTP_REQ_CONNECT, EVHTTP_REQ_PATCH,
+	EVHTTP_REQ_GET,	  EVHTTP_REQ_HEAD,    EVHTTP_REQ_POST,
+	EVHTTP_REQ_PUT,	  EVHTTP_REQ_DELETE,  EVHTTP_REQ_OPTIONS,
+	EVHTTP_REQ_TRACE, EVHTTP_REQ_CONNECT, EVHTTP_REQ_PATCH,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -55,8 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	route = checks_route(&head);
 	closes = checks_must_close(&head);
 	refused = checks_request(&head, route, &refusal);
-	if (refused && (refusal.status < 400 || refusal.status > 499 || refusal.code == NULL ||
-			refusal.message == NULL || (refusal.status == 405) != (refusal.allow != NULL)))
+	if (refused &&
+	    (refusal.status < 400 || refusal.status > 499 || refusal.code == NULL ||
+	     refusal.message == NULL || (refusal.status == 405) != (refusal.allow != NULL)))
 		abort();
 	if (framed && (!closes || !refused))
 		abort();

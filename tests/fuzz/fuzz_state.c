@@ -17,8 +17,8 @@
 #define SMALL_CAP_MAX 8
 
 #define PENDING_TTL_MS 2000
-#define FINAL_TTL_MS 60000
-#define ERROR_TTL_MS 1000
+#define FINAL_TTL_MS   60000
+#define ERROR_TTL_MS   1000
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -29,7 +29,7 @@ static const struct conf ttls = {
 };
 
 /* Nothing is cached when every TTL is 0. */
-static const struct conf no_ttls = {0};
+static const struct conf no_ttls = { 0 };
 
 /* Parses into a heap buffer of exactly cap bytes; returns a copy or NULL. */
 static char *parse(const uint8_t *data, size_t size, size_t cap, int *found)
@@ -57,10 +57,10 @@ static char *parse(const uint8_t *data, size_t size, size_t cap, int *found)
 
 static void check_ttls(const char *state)
 {
-	int final = state != NULL &&
-		    (strcmp(state, "COMPLETED") == 0 || strcmp(state, "FAILED") == 0);
+	int final =
+		state != NULL && (strcmp(state, "COMPLETED") == 0 || strcmp(state, "FAILED") == 0);
 	int64_t expected_200 = state == NULL ? -1 : final ? FINAL_TTL_MS : PENDING_TTL_MS;
-	static const int other_statuses[] = {0, 201, 304, 400, 401, 403, 500, 502, 504};
+	static const int other_statuses[] = { 0, 201, 304, 400, 401, 403, 500, 502, 504 };
 
 	if (answer_ttl(&ttls, 200, state) != expected_200)
 		abort();
@@ -70,8 +70,7 @@ static void check_ttls(const char *state)
 		if (answer_ttl(&ttls, other_statuses[i], state) != -1)
 			abort();
 	}
-	if (answer_ttl(&no_ttls, 200, state) != -1 ||
-	    answer_ttl(&no_ttls, 404, state) != -1)
+	if (answer_ttl(&no_ttls, 200, state) != -1 || answer_ttl(&no_ttls, 404, state) != -1)
 		abort();
 }
 
