@@ -23,13 +23,15 @@
 #include "redact.h"
 #include "upstream.h"
 
+#include <utlist.h>
+
 #define CACHE_REAP_INTERVAL_MS 1000
 #define CACHE_NAME_MAX	       64
 
 struct cache_entry {
 	char *key; /* user id, 0x1f, export id */
 	UT_hash_handle hh;
-	struct cache_entry *newer, *older; /* LRU list */
+	struct cache_entry *prev, *next; /* LRU list: utlist, oldest first */
 	int status;
 	char *content_type;
 	char *body;
@@ -64,7 +66,7 @@ struct cache {
 	struct upstream *upstream;
 	const struct conf *conf;
 	struct cache_entry *entries; /* uthash head */
-	struct cache_entry *newest, *oldest;
+	struct cache_entry *lru;     /* utlist head: the least recently used */
 	size_t entry_count;
 	struct flight *flights; /* uthash head */
 	struct flight *all_flights;
@@ -96,26 +98,12 @@ static char *make_key(const char *user_id, const char *export_id)
 
 static void lru_unlink(struct cache *cache, struct cache_entry *entry)
 {
-	if (entry->newer != NULL)
-		entry->newer->older = entry->older;
-	else
-		cache->newest = entry->older;
-	if (entry->older != NULL)
-		entry->older->newer = entry->newer;
-	else
-		cache->oldest = entry->newer;
-	entry->newer = entry->older = NULL;
+	DL_DELETE(cache->lru, entry);
 }
 
 static void lru_push_newest(struct cache *cache, struct cache_entry *entry)
 {
-	entry->older = cache->newest;
-	entry->newer = NULL;
-	if (cache->newest != NULL)
-		cache->newest->newer = entry;
-	cache->newest = entry;
-	if (cache->oldest == NULL)
-		cache->oldest = entry;
+	DL_APPEND(cache->lru, entry);
 }
 
 static void entry_free(struct cache_entry *entry)
@@ -144,8 +132,8 @@ static struct cache_entry *entry_find(struct cache *cache, const char *key)
 
 static void trim_to(struct cache *cache, size_t limit)
 {
-	while (cache->entry_count > limit && cache->oldest != NULL)
-		entry_remove(cache, cache->oldest);
+	while (cache->entry_count > limit && cache->lru != NULL)
+		entry_remove(cache, cache->lru);
 }
 
 /* Stores answer under key, taking its body and content type. */
@@ -274,14 +262,7 @@ int cache_lookup(struct cache *cache, const struct conf_credential *credential,
 
 static void waiter_unlink(struct cache_waiter *waiter)
 {
-	struct flight *flight = waiter->flight;
-
-	if (waiter->prev != NULL)
-		waiter->prev->next = waiter->next;
-	else
-		flight->waiters = waiter->next;
-	if (waiter->next != NULL)
-		waiter->next->prev = waiter->prev;
+	DL_DELETE(waiter->flight->waiters, waiter);
 }
 
 static void flight_free(struct flight *flight)
@@ -290,12 +271,7 @@ static void flight_free(struct flight *flight)
 
 	if (flight->in_table)
 		HASH_DEL(cache->flights, flight);
-	if (flight->prev != NULL)
-		flight->prev->next = flight->next;
-	else
-		cache->all_flights = flight->next;
-	if (flight->next != NULL)
-		flight->next->prev = flight->prev;
+	DL_DELETE(cache->all_flights, flight);
 	upstream_cancel(flight->call);
 	while (flight->waiters != NULL) {
 		struct cache_waiter *waiter = flight->waiters;
@@ -428,11 +404,7 @@ static struct flight *flight_start(struct cache *cache, const char *key,
 	hash_add_failed = 0;
 	HASH_ADD_KEYPTR(hh, cache->flights, flight->key, strlen(flight->key), flight);
 	flight->in_table = !hash_add_failed; /* if not, the call runs unshared */
-	flight->prev = NULL;
-	flight->next = cache->all_flights;
-	if (cache->all_flights != NULL)
-		cache->all_flights->prev = flight;
-	cache->all_flights = flight;
+	DL_APPEND(cache->all_flights, flight);
 	return flight;
 }
 
@@ -456,10 +428,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 	waiter->flight = flight;
 	waiter->done = done;
 	waiter->arg = arg;
-	waiter->next = flight->waiters;
-	if (flight->waiters != NULL)
-		flight->waiters->prev = waiter;
-	flight->waiters = waiter;
+	DL_APPEND(flight->waiters, waiter); /* in order of arrival: the leader first */
 	return waiter;
 fail:
 	log_error("%s: cannot start an upstream call", __func__);
