@@ -48,28 +48,17 @@ def run(cmd, **kwargs):
 
 
 class TestCA:
-    """A CA and a server certificate for 127.0.0.1/::1/localhost, made now."""
+    """A CA and a server certificate for 127.0.0.1/::1/localhost, made now by
+    certs/make-dev-certs.sh (the one recipe) in directory/name."""
 
     def __init__(self, directory, name="ca"):
-        self.dir = directory
-        self.ca_key = os.path.join(directory, name + ".key")
-        self.ca_cert = os.path.join(directory, name + ".crt")
-        self.key = os.path.join(directory, name + "-server.key")
-        self.cert = os.path.join(directory, name + "-server.crt")
-        csr = os.path.join(directory, name + "-server.csr")
-        ext = os.path.join(directory, name + "-server.ext")
-        run([OPENSSL, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:P-256", "-nodes", "-keyout", self.ca_key,
-             "-out", self.ca_cert, "-days", "2", "-subj", "/CN=gumloop-gateway test CA " + name])
-        run([OPENSSL, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-             "-nodes", "-keyout", self.key, "-out", csr, "-subj", "/CN=localhost"])
-        with open(ext, "w") as f:
-            f.write("subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\n"
-                    "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\n"
-                    "extendedKeyUsage=serverAuth\n")
-        run([OPENSSL, "x509", "-req", "-in", csr, "-CA", self.ca_cert, "-CAkey",
-             self.ca_key, "-CAcreateserial", "-out", self.cert, "-days", "2",
-             "-extfile", ext])
+        self.dir = os.path.join(directory, name)
+        script = os.path.join(os.environ.get("TOP_SRCDIR", "."), "certs", "make-dev-certs.sh")
+        run(["sh", script, self.dir], env=dict(os.environ, OPENSSL=OPENSSL))
+        self.ca_key = os.path.join(self.dir, "ca.key")
+        self.ca_cert = os.path.join(self.dir, "ca.crt")
+        self.key = os.path.join(self.dir, "server.key")
+        self.cert = os.path.join(self.dir, "server.crt")
 
     def context(self):
         return ssl.create_default_context(cafile=self.ca_cert)
