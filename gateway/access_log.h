@@ -7,6 +7,8 @@
 #ifndef GATEWAY_ACCESS_LOG_H
 #define GATEWAY_ACCESS_LOG_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -23,7 +25,7 @@ struct access_log;
  * Returns 0 with *log set (NULL for "off"), or -1 (logged) when the file cannot
  * be opened or the writer thread cannot start.
  */
-int access_log_open(const char *target, struct access_log **log);
+MUST_CHECK int access_log_open(const char *target, struct access_log **log);
 
 /*
  * Writes what is queued and stops the writer: waits up to ACCESS_LOG_FLUSH_MS for

@@ -8,6 +8,8 @@
 #ifndef GATEWAY_ANSWER_H
 #define GATEWAY_ANSWER_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,7 +43,7 @@ struct answer {
  * {"error":"<code>","message":"<message>"} as a new NUL-terminated string the
  * caller frees (free), its length in *length; NULL when out of memory.
  */
-char *answer_error_body(const char *code, const char *message, size_t *length);
+MUST_CHECK char *answer_error_body(const char *code, const char *message, size_t *length);
 
 /*
  * Makes answer a gateway error (what it held is freed first): status, JSON body,

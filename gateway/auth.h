@@ -5,6 +5,8 @@
 #ifndef GATEWAY_AUTH_H
 #define GATEWAY_AUTH_H
 
+#include "attributes.h"
+
 #include <sys/socket.h>
 
 struct conf;
@@ -21,7 +23,7 @@ struct auth;
 #define AUTH_FAILURE_MAX_ADDRESSES 10000
 
 /* Token digests for conf's clients. conf must outlive the result. NULL on error. */
-struct auth *auth_new(const struct conf *conf);
+MUST_CHECK struct auth *auth_new(const struct conf *conf);
 void auth_free(struct auth *auth);
 
 /*

@@ -7,6 +7,8 @@
 #ifndef GATEWAY_CACHE_H
 #define GATEWAY_CACHE_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,8 +45,8 @@ struct cache;
 struct cache_waiter;
 
 /* A cache calling upstream through upstream; conf as for cache_set_conf. */
-struct cache *cache_new(struct event_base *base, struct upstream *upstream,
-			const struct conf *conf);
+MUST_CHECK struct cache *cache_new(struct event_base *base, struct upstream *upstream,
+				   const struct conf *conf);
 
 /* Cancels every waiter (no callbacks) and frees all entries. */
 void cache_free(struct cache *cache);
@@ -71,8 +73,9 @@ int cache_lookup(struct cache *cache, const struct conf_credential *credential,
  * the event loop, never from inside this call. Returns NULL (logged) when no
  * call could be started. credential is copied as needed.
  */
-struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credential *credential,
-				const struct query *q, cache_answer_cb done, void *arg);
+MUST_CHECK struct cache_waiter *cache_wait(struct cache *cache,
+					   const struct conf_credential *credential,
+					   const struct query *q, cache_answer_cb done, void *arg);
 
 /*
  * The client is gone: drops the waiter, whose callback will not fire. The last

@@ -8,6 +8,8 @@
 #ifndef GATEWAY_CHECKS_H
 #define GATEWAY_CHECKS_H
 
+#include "attributes.h"
+
 #include <event2/http.h>
 
 #include "route.h"
@@ -55,13 +57,15 @@ int checks_must_close(const struct request_head *head);
  * Allow), a header name that is not an RFC 9110 token, any body framing (400).
  * Returns 0 when the request passes, else 1 with *refusal filled.
  */
-int checks_request(const struct request_head *head, enum route route, struct refusal *refusal);
+MUST_CHECK int checks_request(const struct request_head *head, enum route route,
+			      struct refusal *refusal);
 
 /*
  * A header forwarded upstream (Range, If-Range): *value is it, or NULL when
  * absent. Returns -1 when it is longer than CHECKS_MAX_FORWARDED_HEADER or not
  * printable ASCII, else 0.
  */
-int checks_forwarded_header(const struct evkeyvalq *headers, const char *name, const char **value);
+MUST_CHECK int checks_forwarded_header(const struct evkeyvalq *headers, const char *name,
+				       const char **value);
 
 #endif

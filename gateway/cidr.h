@@ -5,6 +5,8 @@
 #ifndef GATEWAY_CIDR_H
 #define GATEWAY_CIDR_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -15,7 +17,7 @@ struct cidr {
 };
 
 /* 0 on success, -1 on error. */
-int cidr_parse(const char *text, struct cidr *cidr);
+MUST_CHECK int cidr_parse(const char *text, struct cidr *cidr);
 
 /* 1 if addr (AF_INET, AF_INET6, IPv4-mapped IPv6 too) is inside any of cidrs. */
 int cidr_match(const struct cidr *cidrs, size_t count, const struct sockaddr *addr);

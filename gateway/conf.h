@@ -5,6 +5,8 @@
 #ifndef GATEWAY_CONF_H
 #define GATEWAY_CONF_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -88,16 +90,16 @@ struct conf {
  * NUL-terminated, truncated to errlen). Warnings (a secret file readable by group
  * or others) go to log_warn and do not fail the load.
  */
-struct conf *conf_load(const char *path, char *err, size_t errlen);
+MUST_CHECK struct conf *conf_load(const char *path, char *err, size_t errlen);
 
 /* Frees everything, wiping secrets first. NULL is allowed. */
 void conf_free(struct conf *conf);
 
 /* "250ms", "2s", "5m", "1h"; a bare number is seconds. 0 on success, -1 on error. */
-int conf_parse_duration(const char *text, int64_t *ms);
+MUST_CHECK int conf_parse_duration(const char *text, int64_t *ms);
 
 /* "512", "64k", "16m", "1g" (powers of 1024). 0 on success, -1 on error. */
-int conf_parse_size(const char *text, uint64_t *bytes);
+MUST_CHECK int conf_parse_size(const char *text, uint64_t *bytes);
 
 /* Index of the credential with this user id, or -1. */
 int conf_find_credential_by_user_id(const struct conf *conf, const char *user_id);

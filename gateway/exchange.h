@@ -11,6 +11,8 @@
 #ifndef GATEWAY_EXCHANGE_H
 #define GATEWAY_EXCHANGE_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -145,7 +147,7 @@ void watch_client_stop(struct exchange *ex);
  * client_timeout without progress, and (once ex is EXCHANGE_CUTTING) the
  * connection closed as soon as its queue is written. -1 when it cannot watch.
  */
-int watch_progress_start(struct exchange *ex);
+MUST_CHECK int watch_progress_start(struct exchange *ex);
 void watch_progress_stop(struct exchange *ex);
 /* A cut download: close as soon as what is queued is out (maybe right away). */
 void watch_close_when_flushed(struct exchange *ex);

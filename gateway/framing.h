@@ -8,6 +8,8 @@
 #ifndef GATEWAY_FRAMING_H
 #define GATEWAY_FRAMING_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,8 +27,8 @@ struct evkeyvalq;
  * Content-Length; Content-Length values are not all the same number of digits,
  * or over FRAMING_MAX_CONTENT_LENGTH; Content-Encoding is other than identity.
  */
-int framing_check(long status, const struct evkeyvalq *headers, int64_t *content_length,
-		  const char **why);
+MUST_CHECK int framing_check(long status, const struct evkeyvalq *headers, int64_t *content_length,
+			     const char **why);
 
 /*
  * One "Name: value" line of a response head (as libcurl hands it over, CRLF
@@ -35,7 +37,7 @@ int framing_check(long status, const struct evkeyvalq *headers, int64_t *content
  * makes the head untrustworthy (RFC 9112 5.2 lets a gateway answer 502 for a
  * folded one). Returns 0, or -1 with a reason in *why.
  */
-int framing_header_line(const char *line, size_t length, struct evkeyvalq *headers,
-			const char **why);
+MUST_CHECK int framing_header_line(const char *line, size_t length, struct evkeyvalq *headers,
+				   const char **why);
 
 #endif

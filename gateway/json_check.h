@@ -7,6 +7,8 @@
 #ifndef GATEWAY_JSON_CHECK_H
 #define GATEWAY_JSON_CHECK_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 
 #include <cjson/cJSON.h>
@@ -23,6 +25,6 @@
  * Returns the tree, owned by the caller (cJSON_Delete), or NULL with a short
  * human reason in *why (a static string; "out of memory" too).
  */
-cJSON *json_check_parse(const char *text, size_t length, const char **why);
+MUST_CHECK cJSON *json_check_parse(const char *text, size_t length, const char **why);
 
 #endif

@@ -8,6 +8,8 @@
 #ifndef GATEWAY_LINGER_H
 #define GATEWAY_LINGER_H
 
+#include "attributes.h"
+
 struct event_base;
 struct linger_set;
 
@@ -17,7 +19,7 @@ struct linger_set;
 /* At most this many sockets linger at once; beyond, a socket is closed as usual. */
 #define LINGER_MAX 256
 
-struct linger_set *linger_set_new(struct event_base *base);
+MUST_CHECK struct linger_set *linger_set_new(struct event_base *base);
 
 /* Closes every lingering socket now and frees. NULL is allowed. */
 void linger_set_free(struct linger_set *set);

@@ -8,6 +8,8 @@
 #ifndef GATEWAY_LISTENERS_H
 #define GATEWAY_LISTENERS_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 
 struct event_base;
@@ -37,7 +39,7 @@ void listeners_free(struct listeners *listeners);
  * Unchanged lines keep their sockets; new ones are bound (and the TLS files read)
  * before anything changes, so on failure (logged, -1) the old set stays.
  */
-int listeners_apply(struct listeners *listeners, const struct conf *conf);
+MUST_CHECK int listeners_apply(struct listeners *listeners, const struct conf *conf);
 
 /* Stops accepting for good (shutdown); open connections stay. */
 void listeners_close(struct listeners *listeners);

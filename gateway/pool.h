@@ -9,6 +9,8 @@
 #ifndef GATEWAY_POOL_H
 #define GATEWAY_POOL_H
 
+#include "attributes.h"
+
 #include <stdint.h>
 
 #include <curl/curl.h>
@@ -31,7 +33,8 @@ struct pools_handlers {
 };
 
 /* Both multi handles on base. NULL (logged) on failure. */
-struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers, void *arg);
+MUST_CHECK struct pools *pools_new(struct event_base *base, const struct pools_handlers *handlers,
+				   void *arg);
 
 /* Closes every pooled connection and frees; transfers must be removed first. */
 void pools_free(struct pools *pools);
@@ -43,7 +46,7 @@ void pools_set_limits(struct pools *pools, long status_connections, long downloa
 CURLM *pools_multi(struct pools *pools, enum pool_kind kind);
 
 /* Sets the options of easy the pools rely on (socket close, pre-request check). */
-int pools_prepare(struct pools *pools, CURL *easy);
+MUST_CHECK int pools_prepare(struct pools *pools, CURL *easy);
 
 /* Runs libcurl for fd of kind's multi handle now (may finish transfers). */
 void pools_action(struct pools *pools, enum pool_kind kind, curl_socket_t fd, int flags);

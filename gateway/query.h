@@ -5,6 +5,8 @@
 #ifndef GATEWAY_QUERY_H
 #define GATEWAY_QUERY_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 
 #define QUERY_MAX_ID_BYTES	256
@@ -24,6 +26,6 @@ struct query {
  * invalid data_export_id, a parameter given twice, a bad download value, bad
  * percent-encoding, NUL or control bytes.
  */
-int query_parse(const char *raw, struct query *q, const char **message);
+MUST_CHECK int query_parse(const char *raw, struct query *q, const char **message);
 
 #endif

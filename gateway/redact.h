@@ -7,6 +7,8 @@
 #ifndef GATEWAY_REDACT_H
 #define GATEWAY_REDACT_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 
 struct conf;
@@ -23,7 +25,7 @@ struct conf;
  * nothing was found (*redacted NULL: text may be sent as it is); -1 when out of
  * memory (text must not be sent either).
  */
-int redact_secrets(const char *text, size_t length, const struct conf *conf, char **redacted,
-		   size_t *redacted_length);
+MUST_CHECK int redact_secrets(const char *text, size_t length, const struct conf *conf,
+			      char **redacted, size_t *redacted_length);
 
 #endif

@@ -10,6 +10,8 @@
 #ifndef GATEWAY_RELAY_H
 #define GATEWAY_RELAY_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -77,10 +79,11 @@ struct relay;
  * ends short ends as RELAY_FAILED. Returns NULL (logged) when the upstream
  * call could not start.
  */
-struct relay *relay_start(struct event_base *base, struct upstream *upstream, struct cache *cache,
-			  const struct conf *conf, const struct conf_credential *credential,
-			  const struct query *q, const struct relay_request *request,
-			  const struct relay_events *events, void *arg);
+MUST_CHECK struct relay *relay_start(struct event_base *base, struct upstream *upstream,
+				     struct cache *cache, const struct conf *conf,
+				     const struct conf_credential *credential,
+				     const struct query *q, const struct relay_request *request,
+				     const struct relay_events *events, void *arg);
 
 /* Everything queued for the client was written: a paused transfer goes on. */
 void relay_drained(struct relay *relay);

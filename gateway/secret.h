@@ -6,6 +6,8 @@
 #ifndef GATEWAY_SECRET_H
 #define GATEWAY_SECRET_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 
 #define SECRET_MAX_BYTES 4096 /* a secret file larger than this is an error */
@@ -18,7 +20,8 @@
  * (naming the variable or file, never the value) in err. *insecure is set to 1
  * when a file secret is readable by group or others.
  */
-int secret_resolve(const char *spec, char **value, int *insecure, char *err, size_t errlen);
+MUST_CHECK int secret_resolve(const char *spec, char **value, int *insecure, char *err,
+			      size_t errlen);
 
 /* Wipes (OPENSSL_cleanse) and frees. NULL is allowed. */
 void secret_free(char *secret);

@@ -7,6 +7,8 @@
 #ifndef GATEWAY_SERVER_H
 #define GATEWAY_SERVER_H
 
+#include "attributes.h"
+
 struct event_base;
 struct conf;
 struct server;
@@ -15,7 +17,7 @@ struct server;
  * Binds every listener of conf and starts serving on base. On success the server
  * owns conf; on failure (logged) returns NULL and the caller still owns conf.
  */
-struct server *server_new(struct event_base *base, struct conf *conf);
+MUST_CHECK struct server *server_new(struct event_base *base, struct conf *conf);
 
 /* Closes everything at once, in-flight requests included. NULL is allowed. */
 void server_free(struct server *server);
@@ -25,7 +27,7 @@ void server_free(struct server *server);
  * new ones are bound first, so a bind failure leaves the old config in force.
  * Returns 0 and owns new_conf, or -1 (logged) and the caller still owns it.
  */
-int server_reload(struct server *server, struct conf *new_conf);
+MUST_CHECK int server_reload(struct server *server, struct conf *new_conf);
 
 /*
  * Stops accepting (listeners closed at once), answers the requests in flight

@@ -14,6 +14,8 @@
 #ifndef GATEWAY_UPSTREAM_H
 #define GATEWAY_UPSTREAM_H
 
+#include "attributes.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,7 +80,7 @@ struct upstream_download_handlers {
 };
 
 /* Multi handles on base, sized by conf. Returns NULL (logged) on failure. */
-struct upstream *upstream_new(struct event_base *base, const struct conf *conf);
+MUST_CHECK struct upstream *upstream_new(struct event_base *base, const struct conf *conf);
 
 /*
  * New limits from a reload (calls already queued keep their place). The CA
@@ -97,10 +99,11 @@ void upstream_free(struct upstream *upstream);
  * when the transfer could not be started; done fires later, never from inside
  * this call.
  */
-struct upstream_call *upstream_start_status(struct upstream *upstream, const struct conf *conf,
-					    const struct conf_credential *credential,
-					    const struct query *q, upstream_done_cb done,
-					    void *arg);
+MUST_CHECK struct upstream_call *upstream_start_status(struct upstream *upstream,
+						       const struct conf *conf,
+						       const struct conf_credential *credential,
+						       const struct query *q, upstream_done_cb done,
+						       void *arg);
 
 /*
  * Starts GET .../export_status?...&download=true as upstream_start_status does,
@@ -109,12 +112,10 @@ struct upstream_call *upstream_start_status(struct upstream *upstream, const str
  * The head must arrive within upstream_timeout; after it, the body may take as
  * long as it likes while no gap between bytes exceeds upstream_idle_timeout.
  */
-struct upstream_call *upstream_start_download(struct upstream *upstream, const struct conf *conf,
-					      const struct conf_credential *credential,
-					      const struct query *q, const char *range,
-					      const char *if_range,
-					      const struct upstream_download_handlers *handlers,
-					      void *arg);
+MUST_CHECK struct upstream_call *upstream_start_download(
+	struct upstream *upstream, const struct conf *conf,
+	const struct conf_credential *credential, const struct query *q, const char *range,
+	const char *if_range, const struct upstream_download_handlers *handlers, void *arg);
 
 /* Resumes a transfer paused by the data handler; pieces may arrive before it returns. */
 void upstream_resume(struct upstream_call *call);
