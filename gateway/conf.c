@@ -130,6 +130,19 @@ static const struct conf_key keys[] = {
 
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
 
+int conf_key_at(size_t i, const char **name, enum conf_key_section *section,
+		const char **default_value)
+{
+	if (i >= KEY_COUNT)
+		return -1;
+	*name = keys[i].name;
+	*section = keys[i].section == SECTION_CREDENTIAL ? CONF_KEY_CREDENTIAL
+		   : keys[i].section == SECTION_CLIENT	 ? CONF_KEY_CLIENT
+							 : CONF_KEY_GLOBAL;
+	*default_value = keys[i].default_value;
+	return 0;
+}
+
 struct section {
 	enum section_kind kind;
 	size_t index;		  /* into conf->credentials or conf->clients */

@@ -46,34 +46,34 @@ struct conf_client {
 struct conf {
 	char *path; /* the file this was loaded from */
 
-	struct conf_listen *listens; /* at least one; default 127.0.0.1:8080 */
+	struct conf_listen *listens; /* at least one */
 	size_t listen_count;
 	char *tls_cert; /* NULL unless set */
 	char *tls_key;
 
-	struct cidr *allow; /* default 127.0.0.0/8 ::1/128 */
+	struct cidr *allow;
 	size_t allow_count;
-	struct cidr *admin_allow; /* default 127.0.0.0/8 ::1/128 */
+	struct cidr *admin_allow;
 	size_t admin_allow_count;
 
 	char *upstream;	   /* https URL without trailing slash */
 	char *upstream_ca; /* NULL: system store */
 
-	/* durations, in milliseconds */
-	int64_t upstream_timeout_ms;	       /* 30s */
-	int64_t upstream_idle_timeout_ms;      /* 60s */
-	int64_t upstream_keepalive_timeout_ms; /* 60s: idle pooled connections closed */
-	int64_t cache_pending_ttl_ms;	       /* 2s */
-	int64_t cache_final_ttl_ms;	       /* 60s */
-	int64_t cache_error_ttl_ms;	       /* 1s */
-	int64_t cache_stale_if_error_ms;       /* 5m */
-	int64_t client_timeout_ms;	       /* 30s */
-	int64_t drain_timeout_ms;	       /* 30s */
+	/* durations, in milliseconds; every default is in conf.c's key table only */
+	int64_t upstream_timeout_ms;
+	int64_t upstream_idle_timeout_ms;
+	int64_t upstream_keepalive_timeout_ms; /* idle pooled connections closed */
+	int64_t cache_pending_ttl_ms;
+	int64_t cache_final_ttl_ms;
+	int64_t cache_error_ttl_ms;
+	int64_t cache_stale_if_error_ms;
+	int64_t client_timeout_ms;
+	int64_t drain_timeout_ms;
 
-	int64_t cache_max_entries;	  /* 100000 */
-	int64_t max_connections;	  /* 10000 */
-	int64_t max_downloads;		  /* 256 */
-	int64_t upstream_max_connections; /* 64: status calls at once; more queue */
+	int64_t cache_max_entries;
+	int64_t max_connections;
+	int64_t max_downloads;
+	int64_t upstream_max_connections; /* status calls at once; more queue */
 
 	char *access_log; /* "-" (stderr), "off", or a path */
 
@@ -100,6 +100,17 @@ MUST_CHECK int conf_parse_duration(const char *text, int64_t *ms);
 
 /* "512", "64k", "16m", "1g" (powers of 1024). 0 on success, -1 on error. */
 MUST_CHECK int conf_parse_size(const char *text, uint64_t *bytes);
+
+/* Where a key may stand: before any section, or in a [credential]/[client] one. */
+enum conf_key_section { CONF_KEY_GLOBAL, CONF_KEY_CREDENTIAL, CONF_KEY_CLIENT };
+
+/*
+ * The i-th key of the table every key is defined in (name, section, default as
+ * written in a file, NULL when none); 0, or -1 past the last. For the docs test:
+ * the README's table and the man page must list the same keys and defaults.
+ */
+int conf_key_at(size_t i, const char **name, enum conf_key_section *section,
+		const char **default_value);
 
 /* Index of the credential with this user id, or -1. */
 int conf_find_credential_by_user_id(const struct conf *conf, const char *user_id);
