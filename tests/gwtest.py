@@ -65,7 +65,7 @@ class TestCA:
 
 
 class Fake:
-    """The fake Gumloop upstream (tests/fake_upstream.c), a real HTTPS server."""
+    """The fake Gumloop upstream (tests/fake/server.c), a real HTTPS server."""
 
     def __init__(self, ca, directory, credentials, name="fake"):
         self.ca = ca

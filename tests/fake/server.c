@@ -1,25 +1,12 @@
 /*
- * fake_upstream.c -- a scriptable stand-in for Gumloop's GET /export_status over
- * real HTTPS, driven by the tests and used as the demo upstream.
- * Not a model of Gumloop beyond the documented API, and not hardened for hostile
- * networks: it trusts whoever can reach it.
+ * server.c -- the fake upstream: a scriptable stand-in for Gumloop's GET
+ * /export_status over real HTTPS, driven by the tests and used as the demo
+ * upstream. Not a model of Gumloop beyond the documented API, and not hardened
+ * for hostile networks: it trusts whoever can reach it.
  *
  * GET .../export_status follows the API's rules (Bearer key; personal keys need
  * x-auth-key equal to the user id; user_id must be the key's; 400/401/403/404),
- * then the script in the export id: NAME[;key=value]*, e.g.
- * "job7;states=REQUESTED:2,COMPLETED;csv=1m":
- *   states=S[:N],...  the k-th request for this id gets the slot it falls in, the
- *                     last slot repeats; a 3-digit slot ("503") answers that status.
- *                     Without it: REQUESTED for 2 s, IN_PROGRESS until 6 s, COMPLETED
- *   delay=MS          wait before answering
- *   status=CODE       answer CODE with {"error":"scripted CODE"} (3xx: with Location)
- *   body=invalid|big|html   broken JSON, a 1.5 MiB JSON, an HTML page
- *   close=1           drop the connection without an answer
- *   csv=SIZE          size of the CSV served for download=true when COMPLETED
- *                     (32-byte lines "%010llu,abcdefghijklmnopqrst\n"; Range works)
- *   length=0          send the CSV chunked; throttle=BYTES_PER_S; cut=K (drop after K)
- *   raw=NAME          send the bytes stored by POST /_raw?name=NAME exactly as they
- *                     are, instead of an answer (framing faults, 1xx, gzip, ...)
+ * then the script in the export id (script.h has the grammar; csv.h the file).
  * POST /_raw?name=NAME[&trickle=BYTES&every=MS][&after=close|keep|rst] stores its
  * body (at most 1 MiB) under NAME: sent BYTES at a time every MS ms (default: all
  * at once), then the connection is closed once written (close, the default), left
@@ -65,29 +52,20 @@
 #include <uthash.h>
 #include <utlist.h>
 
+#include "csv.h"
+#include "script.h"
+
 #define FAKE_CHUNK_MAX ((size_t)256 * 1024)
-#define FAKE_CSV_DEFAULT_SIZE ((uint64_t)4096)
-/* Line numbers have 10 digits: 10^10 lines of 32 bytes, far above 64 GiB. */
-#define FAKE_CSV_MAX_SIZE ((uint64_t)64 << 30)
-#define FAKE_CSV_DIGITS 10
-#define FAKE_CSV_TAIL ",abcdefghijklmnopqrst\n"
-#define FAKE_CSV_LINE ((size_t)FAKE_CSV_DIGITS + sizeof(FAKE_CSV_TAIL) - 1)
-#define FAKE_MAX_STATE_SLOTS 32
-#define FAKE_MAX_STATE_REPEAT ((uint64_t)UINT32_MAX)
 #define FAKE_MAX_IDS 1000000u
-#define FAKE_MAX_DELAY_MS ((uint64_t)3600 * 1000)
 #define FAKE_MAX_HEADERS_SIZE (64 * 1024)
 #define FAKE_MAX_BODY_SIZE (1024 * 1024)
 #define FAKE_BIG_PADDING ((size_t)1600 * 1024)
-#define FAKE_REQUESTED_FOR_MS 2000
-#define FAKE_IN_PROGRESS_UNTIL_MS 6000
 #define FAKE_THROTTLE_SLICES_PER_SECOND 10
 #define FAKE_FLUSH_POLL_US 5000
 #define FAKE_CREATED_TS "2026-01-01T00:00:00Z"
 #define FAKE_FINISHED_TS "2026-01-01T00:05:00Z"
 #define FAKE_LAST_MODIFIED "Thu, 01 Jan 2026 00:05:00 GMT"
 
-_Static_assert(FAKE_CSV_LINE == 32, "tests rely on 32-byte CSV lines");
 
 enum fake_credential_kind { FAKE_CREDENTIAL_PERSONAL, FAKE_CREDENTIAL_OAUTH };
 
@@ -106,32 +84,6 @@ struct fake_export {
 	uint64_t first_seen_ms;
 	UT_hash_handle hh;
 };
-
-enum fake_body { FAKE_BODY_STATE, FAKE_BODY_INVALID, FAKE_BODY_BIG, FAKE_BODY_HTML };
-
-struct fake_state_slot {
-	const char *name;
-	uint64_t requests;
-};
-
-struct fake_script {
-	char *storage; /* mutable copy of the id; name and state names point into it */
-	const char *name;
-	struct fake_state_slot states[FAKE_MAX_STATE_SLOTS];
-	size_t state_count;
-	uint64_t delay_ms;
-	int status; /* 0: not scripted */
-	enum fake_body body;
-	bool close;
-	uint64_t csv_size;
-	bool chunked;
-	uint64_t throttle; /* bytes per second; 0: as fast as the client reads */
-	bool has_cut;
-	uint64_t cut;
-	const char *raw; /* NAME of a stored raw answer, or NULL */
-};
-
-enum fake_script_result { FAKE_SCRIPT_OK, FAKE_SCRIPT_BAD, FAKE_SCRIPT_NOMEM };
 
 enum fake_phase {
 	FAKE_PHASE_DELAYING,
@@ -240,69 +192,6 @@ fake_has_suffix(const char *text, const char *suffix)
 
 	return text_length >= suffix_length &&
 	    strcmp(text + text_length - suffix_length, suffix) == 0;
-}
-
-/* Digits only, at least one, no sign, no overflow; *end is left after the digits. */
-static int
-fake_parse_digits(const char *text, const char **end, uint64_t *value)
-{
-	uint64_t result = 0;
-	const char *p = text;
-
-	for (; *p >= '0' && *p <= '9'; p++) {
-		unsigned digit = (unsigned)(*p - '0');
-
-		if (result > (UINT64_MAX - digit) / 10)
-			return -1;
-		result = result * 10 + digit;
-	}
-	if (p == text)
-		return -1;
-	*end = p;
-	*value = result;
-	return 0;
-}
-
-static int
-fake_parse_u64(const char *text, uint64_t max, uint64_t *value)
-{
-	const char *end;
-
-	if (fake_parse_digits(text, &end, value) != 0 || *end != '\0' || *value > max)
-		return -1;
-	return 0;
-}
-
-/* SIZE[k|m|g], powers of 1024. */
-static int
-fake_parse_size(const char *text, uint64_t max, uint64_t *value)
-{
-	const char *end;
-	unsigned shift = 0;
-
-	if (fake_parse_digits(text, &end, value) != 0)
-		return -1;
-	switch (*end) {
-	case '\0':
-		break;
-	case 'k': case 'K':
-		shift = 10;
-		break;
-	case 'm': case 'M':
-		shift = 20;
-		break;
-	case 'g': case 'G':
-		shift = 30;
-		break;
-	default:
-		return -1;
-	}
-	if (shift != 0 && end[1] != '\0')
-		return -1;
-	if (*value > (max >> shift))
-		return -1;
-	*value <<= shift;
-	return 0;
 }
 
 static int
@@ -460,195 +349,6 @@ fake_exports_clear(struct fake_server *server)
 		free(export->id);
 		free(export);
 	}
-}
-
-/* --- scripts ------------------------------------------------------------ */
-
-static int
-fake_script_states(struct fake_script *script, char *value)
-{
-	char *item;
-
-	script->state_count = 0;
-	while ((item = strsep(&value, ",")) != NULL) {
-		char *repeat = item;
-		const char *name = strsep(&repeat, ":");
-		uint64_t requests = 1;
-
-		if (*name == '\0' || script->state_count == FAKE_MAX_STATE_SLOTS)
-			return -1;
-		if (repeat != NULL &&
-		    (fake_parse_u64(repeat, FAKE_MAX_STATE_REPEAT, &requests) != 0 ||
-			requests == 0))
-			return -1;
-		script->states[script->state_count].name = name;
-		script->states[script->state_count].requests = requests;
-		script->state_count++;
-	}
-	return 0;
-}
-
-static int
-fake_script_delay(struct fake_script *script, char *value)
-{
-	return fake_parse_u64(value, FAKE_MAX_DELAY_MS, &script->delay_ms);
-}
-
-static int
-fake_script_status(struct fake_script *script, char *value)
-{
-	uint64_t status;
-
-	/* 1xx would need a second, real answer; evhttp cannot send that. */
-	if (fake_parse_u64(value, 599, &status) != 0 || status < 200)
-		return -1;
-	script->status = (int)status;
-	return 0;
-}
-
-static int
-fake_script_body(struct fake_script *script, char *value)
-{
-	if (strcmp(value, "invalid") == 0)
-		script->body = FAKE_BODY_INVALID;
-	else if (strcmp(value, "big") == 0)
-		script->body = FAKE_BODY_BIG;
-	else if (strcmp(value, "html") == 0)
-		script->body = FAKE_BODY_HTML;
-	else
-		return -1;
-	return 0;
-}
-
-static int
-fake_script_close(struct fake_script *script, char *value)
-{
-	if (strcmp(value, "1") != 0 && strcmp(value, "0") != 0)
-		return -1;
-	script->close = value[0] == '1';
-	return 0;
-}
-
-static int
-fake_script_csv(struct fake_script *script, char *value)
-{
-	return fake_parse_size(value, FAKE_CSV_MAX_SIZE, &script->csv_size);
-}
-
-static int
-fake_script_length(struct fake_script *script, char *value)
-{
-	if (strcmp(value, "1") != 0 && strcmp(value, "0") != 0)
-		return -1;
-	script->chunked = value[0] == '0';
-	return 0;
-}
-
-static int
-fake_script_throttle(struct fake_script *script, char *value)
-{
-	if (fake_parse_u64(value, UINT32_MAX, &script->throttle) != 0 || script->throttle == 0)
-		return -1;
-	return 0;
-}
-
-static int
-fake_script_cut(struct fake_script *script, char *value)
-{
-	if (fake_parse_u64(value, FAKE_CSV_MAX_SIZE, &script->cut) != 0)
-		return -1;
-	script->has_cut = true;
-	return 0;
-}
-
-static int
-fake_script_raw(struct fake_script *script, char *value)
-{
-	if (*value == '\0')
-		return -1;
-	script->raw = value;
-	return 0;
-}
-
-static const struct {
-	const char *name;
-	int (*parse)(struct fake_script *, char *);
-} fake_script_keys[] = {
-	{ "raw", fake_script_raw },
-	{ "states", fake_script_states },
-	{ "delay", fake_script_delay },
-	{ "status", fake_script_status },
-	{ "body", fake_script_body },
-	{ "close", fake_script_close },
-	{ "csv", fake_script_csv },
-	{ "length", fake_script_length },
-	{ "throttle", fake_script_throttle },
-	{ "cut", fake_script_cut },
-};
-
-static void
-fake_script_clear(struct fake_script *script)
-{
-	free(script->storage);
-	memset(script, 0, sizeof(*script));
-}
-
-/* id is NAME[;key=value]*; on failure the caller still runs fake_script_clear. */
-static enum fake_script_result
-fake_script_parse(struct fake_script *script, const char *id)
-{
-	char *cursor;
-
-	memset(script, 0, sizeof(*script));
-	script->csv_size = FAKE_CSV_DEFAULT_SIZE;
-	if ((script->storage = strdup(id)) == NULL)
-		return FAKE_SCRIPT_NOMEM;
-	cursor = script->storage;
-	script->name = strsep(&cursor, ";");
-	while (cursor != NULL) {
-		char *value = strsep(&cursor, ";");
-		const char *key = strsep(&value, "=");
-		size_t i;
-
-		if (value == NULL)
-			return FAKE_SCRIPT_BAD;
-		for (i = 0; i < sizeof(fake_script_keys) / sizeof(fake_script_keys[0]); i++) {
-			if (strcmp(key, fake_script_keys[i].name) == 0)
-				break;
-		}
-		if (i == sizeof(fake_script_keys) / sizeof(fake_script_keys[0]) ||
-		    fake_script_keys[i].parse(script, value) != 0)
-			return FAKE_SCRIPT_BAD;
-	}
-	return FAKE_SCRIPT_OK;
-}
-
-static const char *
-fake_script_state(const struct fake_script *script, const struct fake_export *export)
-{
-	uint64_t age_ms, upto = 0;
-	size_t i;
-
-	if (script->state_count == 0) {
-		age_ms = fake_now_us() / 1000 - export->first_seen_ms;
-		if (age_ms < FAKE_REQUESTED_FOR_MS)
-			return "REQUESTED";
-		if (age_ms < FAKE_IN_PROGRESS_UNTIL_MS)
-			return "IN_PROGRESS";
-		return "COMPLETED";
-	}
-	for (i = 0; i < script->state_count; i++) {
-		upto += script->states[i].requests;
-		if (export->authorised <= upto)
-			return script->states[i].name;
-	}
-	return script->states[script->state_count - 1].name;
-}
-
-static bool
-fake_state_is_final(const char *state)
-{
-	return strcmp(state, "COMPLETED") == 0 || strcmp(state, "FAILED") == 0;
 }
 
 /* --- exchanges ---------------------------------------------------------- */
@@ -877,81 +577,6 @@ fake_exchange_reply_status(struct fake_exchange *ex)
 }
 
 /* --- CSV ---------------------------------------------------------------- */
-
-/* Byte i of the file is byte i % 32 of line i / 32; line n is "%010llu" + FAKE_CSV_TAIL. */
-static int
-fake_csv_add(struct evbuffer *out, uint64_t offset, size_t length)
-{
-	struct evbuffer_iovec space;
-	char line[FAKE_CSV_LINE + 1];
-	size_t column = (size_t)(offset % FAKE_CSV_LINE);
-	char *dst;
-	int written;
-
-	written = snprintf(line, sizeof(line), "%0*" PRIu64 FAKE_CSV_TAIL, FAKE_CSV_DIGITS,
-	    offset / FAKE_CSV_LINE);
-	if (written != (int)FAKE_CSV_LINE)
-		return -1;
-	if (evbuffer_reserve_space(out, (ev_ssize_t)length, &space, 1) != 1)
-		return -1;
-	dst = space.iov_base;
-	space.iov_len = length;
-	while (length > 0) {
-		size_t take = FAKE_CSV_LINE - column;
-		size_t digit;
-
-		if (take > length)
-			take = length;
-		memcpy(dst, line + column, take);
-		dst += take;
-		length -= take;
-		column = 0;
-		/* Counting in ASCII is ~10x cheaper than a snprintf per line. */
-		for (digit = FAKE_CSV_DIGITS; digit-- > 0;) {
-			if (line[digit] != '9') {
-				line[digit]++;
-				break;
-			}
-			line[digit] = '0';
-		}
-	}
-	return evbuffer_commit_space(out, &space, 1);
-}
-
-enum fake_range { FAKE_RANGE_IGNORED, FAKE_RANGE_SATISFIABLE, FAKE_RANGE_UNSATISFIABLE };
-
-/* One range of bytes=A-B, bytes=A- or bytes=-N; anything else is ignored (RFC 9110 14.2). */
-static enum fake_range
-fake_range_parse(const char *value, uint64_t size, uint64_t *first, uint64_t *last)
-{
-	const char *p;
-	uint64_t a, b;
-
-	if (strncasecmp(value, "bytes=", 6) != 0 || strchr(value, ',') != NULL)
-		return FAKE_RANGE_IGNORED;
-	p = value + 6;
-	if (*p == '-') {
-		if (fake_parse_digits(p + 1, &p, &b) != 0 || *p != '\0')
-			return FAKE_RANGE_IGNORED;
-		if (b == 0 || size == 0)
-			return FAKE_RANGE_UNSATISFIABLE;
-		*first = b >= size ? 0 : size - b;
-		*last = size - 1;
-		return FAKE_RANGE_SATISFIABLE;
-	}
-	if (fake_parse_digits(p, &p, &a) != 0 || *p++ != '-')
-		return FAKE_RANGE_IGNORED;
-	if (*p == '\0') {
-		b = UINT64_MAX;
-	} else if (fake_parse_digits(p, &p, &b) != 0 || *p != '\0' || b < a) {
-		return FAKE_RANGE_IGNORED;
-	}
-	if (a >= size)
-		return FAKE_RANGE_UNSATISFIABLE;
-	*first = a;
-	*last = b >= size ? size - 1 : b;
-	return FAKE_RANGE_SATISFIABLE;
-}
 
 /* NAME goes into a quoted header value; keep it to characters that need no quoting. */
 static char *
@@ -1332,16 +957,6 @@ fake_handle_raw(struct fake_server *server, struct evhttp_request *req)
 
 /* --- answering /export_status ------------------------------------------ */
 
-/* A states= slot may name an HTTP status ("states=IN_PROGRESS,503"): a failure later on. */
-static int
-fake_state_as_status(const char *state)
-{
-	if (strlen(state) != 3 || state[0] < '2' || state[0] > '5' ||
-	    strspn(state, "0123456789") != 3)
-		return 0;
-	return atoi(state);
-}
-
 static void
 fake_exchange_respond(struct fake_exchange *ex)
 {
@@ -1417,7 +1032,8 @@ fake_exchange_start(struct fake_server *server, struct evhttp_request *req,
 		return;
 	}
 	export->authorised++;
-	ex->state = fake_script_state(&ex->script, export);
+	ex->state = fake_script_state(&ex->script, export->authorised,
+	    fake_now_us() / 1000 - export->first_seen_ms);
 	ex->download = download != NULL && strcmp(download, "true") == 0;
 	if (ex->script.delay_ms == 0) {
 		fake_exchange_respond(ex);
