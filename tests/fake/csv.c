@@ -13,8 +13,7 @@
 #include "script.h"
 
 /* Byte i of the file is byte i % 32 of line i / 32; line n is "%010llu" + FAKE_CSV_TAIL. */
-int
-fake_csv_add(struct evbuffer *out, uint64_t offset, size_t length)
+int fake_csv_add(struct evbuffer *out, uint64_t offset, size_t length)
 {
 	struct evbuffer_iovec space;
 	char line[FAKE_CSV_LINE + 1];
@@ -23,7 +22,7 @@ fake_csv_add(struct evbuffer *out, uint64_t offset, size_t length)
 	int written;
 
 	written = snprintf(line, sizeof(line), "%0*" PRIu64 FAKE_CSV_TAIL, FAKE_CSV_DIGITS,
-	    offset / FAKE_CSV_LINE);
+			   offset / FAKE_CSV_LINE);
 	if (written != (int)FAKE_CSV_LINE)
 		return -1;
 	if (evbuffer_reserve_space(out, (ev_ssize_t)length, &space, 1) != 1)
@@ -53,8 +52,7 @@ fake_csv_add(struct evbuffer *out, uint64_t offset, size_t length)
 }
 
 /* One range of bytes=A-B, bytes=A- or bytes=-N; anything else is ignored (RFC 9110 14.2). */
-enum fake_range
-fake_range_parse(const char *value, uint64_t size, uint64_t *first, uint64_t *last)
+enum fake_range fake_range_parse(const char *value, uint64_t size, uint64_t *first, uint64_t *last)
 {
 	const char *p;
 	uint64_t a, b;
@@ -84,4 +82,3 @@ fake_range_parse(const char *value, uint64_t size, uint64_t *first, uint64_t *la
 	*last = b >= size ? size - 1 : b;
 	return FAKE_RANGE_SATISFIABLE;
 }
-

@@ -7,8 +7,7 @@
 #include <string.h>
 
 /* Digits only, at least one, no sign, no overflow; *end is left after the digits. */
-int
-fake_parse_digits(const char *text, const char **end, uint64_t *value)
+int fake_parse_digits(const char *text, const char **end, uint64_t *value)
 {
 	uint64_t result = 0;
 	const char *p = text;
@@ -27,8 +26,7 @@ fake_parse_digits(const char *text, const char **end, uint64_t *value)
 	return 0;
 }
 
-int
-fake_parse_u64(const char *text, uint64_t max, uint64_t *value)
+int fake_parse_u64(const char *text, uint64_t max, uint64_t *value)
 {
 	const char *end;
 
@@ -38,8 +36,7 @@ fake_parse_u64(const char *text, uint64_t max, uint64_t *value)
 }
 
 /* SIZE[k|m|g], powers of 1024. */
-int
-fake_parse_size(const char *text, uint64_t max, uint64_t *value)
+int fake_parse_size(const char *text, uint64_t max, uint64_t *value)
 {
 	const char *end;
 	unsigned shift = 0;
@@ -49,13 +46,16 @@ fake_parse_size(const char *text, uint64_t max, uint64_t *value)
 	switch (*end) {
 	case '\0':
 		break;
-	case 'k': case 'K':
+	case 'k':
+	case 'K':
 		shift = 10;
 		break;
-	case 'm': case 'M':
+	case 'm':
+	case 'M':
 		shift = 20;
 		break;
-	case 'g': case 'G':
+	case 'g':
+	case 'G':
 		shift = 30;
 		break;
 	default:
@@ -69,9 +69,7 @@ fake_parse_size(const char *text, uint64_t max, uint64_t *value)
 	return 0;
 }
 
-
-static int
-fake_script_states(struct fake_script *script, char *value)
+static int fake_script_states(struct fake_script *script, char *value)
 {
 	char *item;
 
@@ -85,7 +83,7 @@ fake_script_states(struct fake_script *script, char *value)
 			return -1;
 		if (repeat != NULL &&
 		    (fake_parse_u64(repeat, FAKE_MAX_STATE_REPEAT, &requests) != 0 ||
-			requests == 0))
+		     requests == 0))
 			return -1;
 		script->states[script->state_count].name = name;
 		script->states[script->state_count].requests = requests;
@@ -94,14 +92,12 @@ fake_script_states(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_delay(struct fake_script *script, char *value)
+static int fake_script_delay(struct fake_script *script, char *value)
 {
 	return fake_parse_u64(value, FAKE_MAX_DELAY_MS, &script->delay_ms);
 }
 
-static int
-fake_script_status(struct fake_script *script, char *value)
+static int fake_script_status(struct fake_script *script, char *value)
 {
 	uint64_t status;
 
@@ -112,8 +108,7 @@ fake_script_status(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_body(struct fake_script *script, char *value)
+static int fake_script_body(struct fake_script *script, char *value)
 {
 	if (strcmp(value, "invalid") == 0)
 		script->body = FAKE_BODY_INVALID;
@@ -126,8 +121,7 @@ fake_script_body(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_close(struct fake_script *script, char *value)
+static int fake_script_close(struct fake_script *script, char *value)
 {
 	if (strcmp(value, "1") != 0 && strcmp(value, "0") != 0)
 		return -1;
@@ -135,14 +129,12 @@ fake_script_close(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_csv(struct fake_script *script, char *value)
+static int fake_script_csv(struct fake_script *script, char *value)
 {
 	return fake_parse_size(value, FAKE_CSV_MAX_SIZE, &script->csv_size);
 }
 
-static int
-fake_script_length(struct fake_script *script, char *value)
+static int fake_script_length(struct fake_script *script, char *value)
 {
 	if (strcmp(value, "1") != 0 && strcmp(value, "0") != 0)
 		return -1;
@@ -150,16 +142,14 @@ fake_script_length(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_throttle(struct fake_script *script, char *value)
+static int fake_script_throttle(struct fake_script *script, char *value)
 {
 	if (fake_parse_u64(value, UINT32_MAX, &script->throttle) != 0 || script->throttle == 0)
 		return -1;
 	return 0;
 }
 
-static int
-fake_script_cut(struct fake_script *script, char *value)
+static int fake_script_cut(struct fake_script *script, char *value)
 {
 	if (fake_parse_u64(value, FAKE_CSV_MAX_SIZE, &script->cut) != 0)
 		return -1;
@@ -167,8 +157,7 @@ fake_script_cut(struct fake_script *script, char *value)
 	return 0;
 }
 
-static int
-fake_script_raw(struct fake_script *script, char *value)
+static int fake_script_raw(struct fake_script *script, char *value)
 {
 	if (*value == '\0')
 		return -1;
@@ -180,28 +169,21 @@ static const struct {
 	const char *name;
 	int (*parse)(struct fake_script *, char *);
 } fake_script_keys[] = {
-	{ "raw", fake_script_raw },
-	{ "states", fake_script_states },
-	{ "delay", fake_script_delay },
-	{ "status", fake_script_status },
-	{ "body", fake_script_body },
-	{ "close", fake_script_close },
-	{ "csv", fake_script_csv },
-	{ "length", fake_script_length },
-	{ "throttle", fake_script_throttle },
-	{ "cut", fake_script_cut },
+	{ "raw", fake_script_raw },	      { "states", fake_script_states },
+	{ "delay", fake_script_delay },	      { "status", fake_script_status },
+	{ "body", fake_script_body },	      { "close", fake_script_close },
+	{ "csv", fake_script_csv },	      { "length", fake_script_length },
+	{ "throttle", fake_script_throttle }, { "cut", fake_script_cut },
 };
 
-void
-fake_script_clear(struct fake_script *script)
+void fake_script_clear(struct fake_script *script)
 {
 	free(script->storage);
 	memset(script, 0, sizeof(*script));
 }
 
 /* id is NAME[;key=value]*; on failure the caller still runs fake_script_clear. */
-enum fake_script_result
-fake_script_parse(struct fake_script *script, const char *id)
+enum fake_script_result fake_script_parse(struct fake_script *script, const char *id)
 {
 	char *cursor;
 
@@ -229,8 +211,8 @@ fake_script_parse(struct fake_script *script, const char *id)
 	return FAKE_SCRIPT_OK;
 }
 
-const char *
-fake_script_state(const struct fake_script *script, uint64_t authorised, uint64_t age_ms)
+const char *fake_script_state(const struct fake_script *script, uint64_t authorised,
+			      uint64_t age_ms)
 {
 	uint64_t upto = 0;
 	size_t i;
@@ -250,19 +232,16 @@ fake_script_state(const struct fake_script *script, uint64_t authorised, uint64_
 	return script->states[script->state_count - 1].name;
 }
 
-bool
-fake_state_is_final(const char *state)
+bool fake_state_is_final(const char *state)
 {
 	return strcmp(state, "COMPLETED") == 0 || strcmp(state, "FAILED") == 0;
 }
 
 /* A states= slot may name an HTTP status ("states=IN_PROGRESS,503"): a failure later on. */
-int
-fake_state_as_status(const char *state)
+int fake_state_as_status(const char *state)
 {
 	if (strlen(state) != 3 || state[0] < '2' || state[0] > '5' ||
 	    strspn(state, "0123456789") != 3)
 		return 0;
 	return atoi(state);
 }
-

@@ -25,11 +25,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FAKE_CSV_DEFAULT_SIZE ((uint64_t)4096)
-#define FAKE_MAX_STATE_SLOTS 32
-#define FAKE_MAX_STATE_REPEAT ((uint64_t)UINT32_MAX)
-#define FAKE_MAX_DELAY_MS ((uint64_t)3600 * 1000)
-#define FAKE_REQUESTED_FOR_MS 2000
+#define FAKE_CSV_DEFAULT_SIZE	  ((uint64_t)4096)
+#define FAKE_MAX_STATE_SLOTS	  32
+#define FAKE_MAX_STATE_REPEAT	  ((uint64_t)UINT32_MAX)
+#define FAKE_MAX_DELAY_MS	  ((uint64_t)3600 * 1000)
+#define FAKE_REQUESTED_FOR_MS	  2000
 #define FAKE_IN_PROGRESS_UNTIL_MS 6000
 /* Line numbers have 10 digits: 10^10 lines of 32 bytes, far above 64 GiB. */
 #define FAKE_CSV_MAX_SIZE ((uint64_t)64 << 30)
@@ -76,7 +76,7 @@ void fake_script_clear(struct fake_script *script);
  * first request age_ms ago.
  */
 const char *fake_script_state(const struct fake_script *script, uint64_t authorised,
-    uint64_t age_ms);
+			      uint64_t age_ms);
 bool fake_state_is_final(const char *state);
 /* A states= slot may name an HTTP status ("503"): that status, else 0. */
 int fake_state_as_status(const char *state);

@@ -55,17 +55,16 @@
 #include "csv.h"
 #include "script.h"
 
-#define FAKE_CHUNK_MAX ((size_t)256 * 1024)
-#define FAKE_MAX_IDS 1000000u
-#define FAKE_MAX_HEADERS_SIZE (64 * 1024)
-#define FAKE_MAX_BODY_SIZE (1024 * 1024)
-#define FAKE_BIG_PADDING ((size_t)1600 * 1024)
+#define FAKE_CHUNK_MAX			((size_t)256 * 1024)
+#define FAKE_MAX_IDS			1000000u
+#define FAKE_MAX_HEADERS_SIZE		(64 * 1024)
+#define FAKE_MAX_BODY_SIZE		(1024 * 1024)
+#define FAKE_BIG_PADDING		((size_t)1600 * 1024)
 #define FAKE_THROTTLE_SLICES_PER_SECOND 10
-#define FAKE_FLUSH_POLL_US 5000
-#define FAKE_CREATED_TS "2026-01-01T00:00:00Z"
-#define FAKE_FINISHED_TS "2026-01-01T00:05:00Z"
-#define FAKE_LAST_MODIFIED "Thu, 01 Jan 2026 00:05:00 GMT"
-
+#define FAKE_FLUSH_POLL_US		5000
+#define FAKE_CREATED_TS			"2026-01-01T00:00:00Z"
+#define FAKE_FINISHED_TS		"2026-01-01T00:05:00Z"
+#define FAKE_LAST_MODIFIED		"Thu, 01 Jan 2026 00:05:00 GMT"
 
 enum fake_credential_kind { FAKE_CREDENTIAL_PERSONAL, FAKE_CREDENTIAL_OAUTH };
 
@@ -125,7 +124,7 @@ struct fake_exchange {
 	bool download;
 	struct evbuffer *chunk;
 	uint64_t offset; /* next byte of the file to send */
-	uint64_t stop;   /* where sending stops (exclusive) */
+	uint64_t stop;	 /* where sending stops (exclusive) */
 	bool cut_at_stop;
 	uint64_t started_us;
 	uint64_t sent;
@@ -161,8 +160,7 @@ struct fake_options {
 
 static void fake_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-static void
-fake_log(const char *fmt, ...)
+static void fake_log(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -174,8 +172,7 @@ fake_log(const char *fmt, ...)
 	va_end(ap);
 }
 
-static uint64_t
-fake_now_us(void)
+static uint64_t fake_now_us(void)
 {
 	struct timespec now;
 
@@ -184,18 +181,16 @@ fake_now_us(void)
 	return (uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u;
 }
 
-static bool
-fake_has_suffix(const char *text, const char *suffix)
+static bool fake_has_suffix(const char *text, const char *suffix)
 {
 	size_t text_length = strlen(text);
 	size_t suffix_length = strlen(suffix);
 
 	return text_length >= suffix_length &&
-	    strcmp(text + text_length - suffix_length, suffix) == 0;
+	       strcmp(text + text_length - suffix_length, suffix) == 0;
 }
 
-static int
-fake_buf_add(struct evbuffer *out, const char *text)
+static int fake_buf_add(struct evbuffer *out, const char *text)
 {
 	return evbuffer_add(out, text, strlen(text));
 }
@@ -204,8 +199,7 @@ fake_buf_add(struct evbuffer *out, const char *text)
  * Appends text as the inside of a JSON string. Bytes outside printable ASCII
  * become \u00XX so the answer stays valid JSON whatever bytes a client sent.
  */
-static int
-fake_json_add_escaped(struct evbuffer *out, const char *text, bool lowercase)
+static int fake_json_add_escaped(struct evbuffer *out, const char *text, bool lowercase)
 {
 	static const char hex[] = "0123456789abcdef";
 	const unsigned char *p = (const unsigned char *)text;
@@ -217,7 +211,7 @@ fake_json_add_escaped(struct evbuffer *out, const char *text, bool lowercase)
 		unsigned char c;
 
 		while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\' &&
-		    !(lowercase && *p >= 'A' && *p <= 'Z'))
+		       !(lowercase && *p >= 'A' && *p <= 'Z'))
 			p++;
 		if (p > run && evbuffer_add(out, run, (size_t)(p - run)) != 0)
 			return -1;
@@ -243,8 +237,7 @@ fake_json_add_escaped(struct evbuffer *out, const char *text, bool lowercase)
 	return 0;
 }
 
-static int
-fake_json_add_string(struct evbuffer *out, const char *text)
+static int fake_json_add_string(struct evbuffer *out, const char *text)
 {
 	if (evbuffer_add(out, "\"", 1) != 0 || fake_json_add_escaped(out, text, false) != 0 ||
 	    evbuffer_add(out, "\"", 1) != 0)
@@ -252,25 +245,32 @@ fake_json_add_string(struct evbuffer *out, const char *text)
 	return 0;
 }
 
-static const char *
-fake_method_name(enum evhttp_cmd_type method)
+static const char *fake_method_name(enum evhttp_cmd_type method)
 {
 	switch (method) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_DELETE: return "DELETE";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	case EVHTTP_REQ_TRACE: return "TRACE";
-	case EVHTTP_REQ_CONNECT: return "CONNECT";
-	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_TRACE:
+		return "TRACE";
+	case EVHTTP_REQ_CONNECT:
+		return "CONNECT";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
 	}
 	return "UNKNOWN";
 }
 
-static void
-fake_add_header(struct evhttp_request *req, const char *name, const char *value)
+static void fake_add_header(struct evhttp_request *req, const char *name, const char *value)
 {
 	/* Fails only on CR/LF in the value or out of memory; the reply goes out anyway. */
 	if (evhttp_add_header(evhttp_request_get_output_headers(req), name, value) != 0)
@@ -278,17 +278,15 @@ fake_add_header(struct evhttp_request *req, const char *name, const char *value)
 }
 
 /* Sends a complete reply; body may be NULL and stays the caller's. */
-static void
-fake_reply(struct evhttp_request *req, int code, const char *content_type,
-    struct evbuffer *body)
+static void fake_reply(struct evhttp_request *req, int code, const char *content_type,
+		       struct evbuffer *body)
 {
 	if (content_type != NULL)
 		fake_add_header(req, "Content-Type", content_type);
 	evhttp_send_reply(req, code, NULL, body);
 }
 
-static void
-fake_reply_json(struct evhttp_request *req, int code, const char *json)
+static void fake_reply_json(struct evhttp_request *req, int code, const char *json)
 {
 	struct evbuffer *body = evbuffer_new();
 
@@ -302,8 +300,7 @@ fake_reply_json(struct evhttp_request *req, int code, const char *json)
 		evbuffer_free(body);
 }
 
-static void
-fake_reply_method_not_allowed(struct evhttp_request *req, const char *allow)
+static void fake_reply_method_not_allowed(struct evhttp_request *req, const char *allow)
 {
 	fake_add_header(req, "Allow", allow);
 	fake_reply_json(req, 405, "{\"error\":\"method not allowed\"}");
@@ -311,8 +308,7 @@ fake_reply_method_not_allowed(struct evhttp_request *req, const char *allow)
 
 /* --- per-id state ------------------------------------------------------- */
 
-static struct fake_export *
-fake_export_get(struct fake_server *server, const char *id)
+static struct fake_export *fake_export_get(struct fake_server *server, const char *id)
 {
 	struct fake_export *export = NULL;
 	unsigned count;
@@ -339,12 +335,11 @@ fake_export_get(struct fake_server *server, const char *id)
 	return export;
 }
 
-static void
-fake_exports_clear(struct fake_server *server)
+static void fake_exports_clear(struct fake_server *server)
 {
 	struct fake_export *export, *tmp;
 
-	HASH_ITER(hh, server->exports, export, tmp) {
+	HASH_ITER (hh, server->exports, export, tmp) {
 		HASH_DEL(server->exports, export);
 		free(export->id);
 		free(export);
@@ -358,8 +353,7 @@ static void fake_exchange_connection_closed(struct evhttp_connection *evcon, voi
 static void fake_csv_pump(struct fake_exchange *ex);
 
 /* The one teardown: frees what the exchange owns, never req or the connection. */
-static void
-fake_exchange_free(struct fake_exchange *ex, const char *reason)
+static void fake_exchange_free(struct fake_exchange *ex, const char *reason)
 {
 	if (reason != NULL)
 		fake_log("%s: %s", ex->id != NULL ? ex->id : "(no id)", reason);
@@ -378,22 +372,19 @@ fake_exchange_free(struct fake_exchange *ex, const char *reason)
  * and a "Connection: close" reply can free the connection synchronously, which
  * would call our closecb with an exchange we are still using.
  */
-static void
-fake_exchange_unwatch(struct fake_exchange *ex)
+static void fake_exchange_unwatch(struct fake_exchange *ex)
 {
 	evhttp_connection_set_closecb(ex->evcon, NULL, NULL);
 }
 
-static void
-fake_exchange_watch(struct fake_exchange *ex)
+static void fake_exchange_watch(struct fake_exchange *ex)
 {
 	evhttp_connection_set_closecb(ex->evcon, fake_exchange_connection_closed, ex);
 }
 
 /* Sends a complete reply and ends the exchange; body stays the caller's. */
-static void
-fake_exchange_reply(struct fake_exchange *ex, int code, const char *content_type,
-    struct evbuffer *body)
+static void fake_exchange_reply(struct fake_exchange *ex, int code, const char *content_type,
+				struct evbuffer *body)
 {
 	struct evhttp_request *req = ex->req;
 
@@ -402,8 +393,7 @@ fake_exchange_reply(struct fake_exchange *ex, int code, const char *content_type
 	fake_reply(req, code, content_type, body);
 }
 
-static void
-fake_exchange_reply_json(struct fake_exchange *ex, int code, const char *json)
+static void fake_exchange_reply_json(struct fake_exchange *ex, int code, const char *json)
 {
 	struct evhttp_request *req = ex->req;
 
@@ -413,8 +403,7 @@ fake_exchange_reply_json(struct fake_exchange *ex, int code, const char *json)
 }
 
 /* Drops the TCP connection without a word; libevent frees req with it. */
-static void
-fake_exchange_cut(struct fake_exchange *ex, const char *reason)
+static void fake_exchange_cut(struct fake_exchange *ex, const char *reason)
 {
 	struct evhttp_connection *evcon = ex->evcon;
 
@@ -423,8 +412,7 @@ fake_exchange_cut(struct fake_exchange *ex, const char *reason)
 	evhttp_connection_free(evcon);
 }
 
-static int
-fake_exchange_arm(struct fake_exchange *ex, uint64_t delay_us)
+static int fake_exchange_arm(struct fake_exchange *ex, uint64_t delay_us)
 {
 	struct timeval delay;
 
@@ -443,8 +431,7 @@ fake_exchange_arm(struct fake_exchange *ex, uint64_t delay_us)
  * event_errx(), i.e. exits, as soon as a pipelined byte arrives. Input piles up
  * until we answer, as evhttp itself lets it once it starts writing.
  */
-static int
-fake_connection_notice_close(struct evhttp_connection *evcon)
+static int fake_connection_notice_close(struct evhttp_connection *evcon)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 	bufferevent_data_cb readcb, writecb;
@@ -461,8 +448,7 @@ fake_connection_notice_close(struct evhttp_connection *evcon)
  * drain callback an earlier reply on this kept-alive connection left behind
  * (evhttp never clears it), with an exchange long freed.
  */
-static void
-fake_connection_forget_writes(struct evhttp_connection *evcon)
+static void fake_connection_forget_writes(struct evhttp_connection *evcon)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 	bufferevent_data_cb readcb, writecb;
@@ -473,8 +459,7 @@ fake_connection_forget_writes(struct evhttp_connection *evcon)
 	bufferevent_setcb(bev, readcb, NULL, eventcb, cbarg);
 }
 
-static void
-fake_exchange_connection_closed(struct evhttp_connection *evcon, void *arg)
+static void fake_exchange_connection_closed(struct evhttp_connection *evcon, void *arg)
 {
 	struct fake_exchange *ex = arg;
 	struct evhttp_request *req = ex->req;
@@ -495,8 +480,7 @@ fake_exchange_connection_closed(struct evhttp_connection *evcon, void *arg)
 	}
 }
 
-static int
-fake_add_state_json(struct evbuffer *out, const char *id, const char *state, bool padded)
+static int fake_add_state_json(struct evbuffer *out, const char *id, const char *state, bool padded)
 {
 	int failed = 0;
 
@@ -523,8 +507,7 @@ fake_add_state_json(struct evbuffer *out, const char *id, const char *state, boo
 	return failed ? -1 : 0;
 }
 
-static void
-fake_exchange_reply_body(struct fake_exchange *ex)
+static void fake_exchange_reply_body(struct fake_exchange *ex)
 {
 	struct evbuffer *body = evbuffer_new();
 	const char *content_type = "application/json";
@@ -546,7 +529,7 @@ fake_exchange_reply_body(struct fake_exchange *ex)
 	case FAKE_BODY_STATE:
 	default:
 		failed = fake_add_state_json(body, ex->id, ex->state,
-		    ex->script.body == FAKE_BODY_BIG);
+					     ex->script.body == FAKE_BODY_BIG);
 		break;
 	}
 	if (failed)
@@ -556,8 +539,7 @@ fake_exchange_reply_body(struct fake_exchange *ex)
 	evbuffer_free(body);
 }
 
-static void
-fake_exchange_reply_status(struct fake_exchange *ex)
+static void fake_exchange_reply_status(struct fake_exchange *ex)
 {
 	int status = ex->script.status;
 	char json[64];
@@ -569,7 +551,8 @@ fake_exchange_reply_status(struct fake_exchange *ex)
 		fake_exchange_reply(ex, status, NULL, NULL);
 		return;
 	}
-	if (snprintf(json, sizeof(json), "{\"error\":\"scripted %d\"}", status) >= (int)sizeof(json)) {
+	if (snprintf(json, sizeof(json), "{\"error\":\"scripted %d\"}", status) >=
+	    (int)sizeof(json)) {
 		fake_exchange_reply(ex, 500, NULL, NULL);
 		return;
 	}
@@ -579,8 +562,7 @@ fake_exchange_reply_status(struct fake_exchange *ex)
 /* --- CSV ---------------------------------------------------------------- */
 
 /* NAME goes into a quoted header value; keep it to characters that need no quoting. */
-static char *
-fake_safe_name(const char *name)
+static char *fake_safe_name(const char *name)
 {
 	char *safe = strdup(name);
 	char *p;
@@ -589,14 +571,13 @@ fake_safe_name(const char *name)
 		return NULL;
 	for (p = safe; *p != '\0'; p++) {
 		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			(*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == '_'))
+		      (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == '_'))
 			*p = '_';
 	}
 	return safe;
 }
 
-static void
-fake_csv_finish(struct fake_exchange *ex)
+static void fake_csv_finish(struct fake_exchange *ex)
 {
 	struct evhttp_request *req = ex->req;
 
@@ -616,8 +597,7 @@ fake_csv_finish(struct fake_exchange *ex)
 	evhttp_send_reply_end(req);
 }
 
-static void
-fake_csv_flush_then_cut(struct fake_exchange *ex)
+static void fake_csv_flush_then_cut(struct fake_exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->evcon);
 
@@ -628,8 +608,7 @@ fake_csv_flush_then_cut(struct fake_exchange *ex)
 }
 
 /* Called by evhttp once everything we queued has left the output buffer. */
-static void
-fake_csv_drained(struct evhttp_connection *evcon, void *arg)
+static void fake_csv_drained(struct evhttp_connection *evcon, void *arg)
 {
 	(void)evcon;
 	fake_csv_pump(arg);
@@ -639,8 +618,7 @@ fake_csv_drained(struct evhttp_connection *evcon, void *arg)
  * Generates the next slice only when the previous one has drained, so memory
  * stays at one slice per download however large the file or slow the client.
  */
-static void
-fake_csv_pump(struct fake_exchange *ex)
+static void fake_csv_pump(struct fake_exchange *ex)
 {
 	uint64_t remaining = ex->stop - ex->offset;
 	size_t slice = FAKE_CHUNK_MAX;
@@ -675,18 +653,16 @@ fake_csv_pump(struct fake_exchange *ex)
 	evhttp_send_reply_chunk_with_cb(ex->req, ex->chunk, fake_csv_drained, ex);
 }
 
-static bool
-fake_if_range_matches(struct evhttp_request *req, const char *etag)
+static bool fake_if_range_matches(struct evhttp_request *req, const char *etag)
 {
 	const char *if_range =
-	    evhttp_find_header(evhttp_request_get_input_headers(req), "If-Range");
+		evhttp_find_header(evhttp_request_get_input_headers(req), "If-Range");
 
 	return if_range == NULL || strcmp(if_range, etag) == 0 ||
-	    strcmp(if_range, FAKE_LAST_MODIFIED) == 0;
+	       strcmp(if_range, FAKE_LAST_MODIFIED) == 0;
 }
 
-static int
-fake_csv_headers(struct fake_exchange *ex, const char *etag, uint64_t length)
+static int fake_csv_headers(struct fake_exchange *ex, const char *etag, uint64_t length)
 {
 	char *name = fake_safe_name(ex->script.name);
 	size_t size;
@@ -723,8 +699,7 @@ fake_csv_headers(struct fake_exchange *ex, const char *etag, uint64_t length)
 	return 0;
 }
 
-static char *
-fake_csv_etag(const struct fake_script *script)
+static char *fake_csv_etag(const struct fake_script *script)
 {
 	char *name = fake_safe_name(script->name);
 	size_t size;
@@ -742,8 +717,7 @@ fake_csv_etag(const struct fake_script *script)
 	return etag;
 }
 
-static void
-fake_csv_start(struct fake_exchange *ex)
+static void fake_csv_start(struct fake_exchange *ex)
 {
 	uint64_t size = ex->script.csv_size;
 	uint64_t first = 0, last = 0;
@@ -760,14 +734,16 @@ fake_csv_start(struct fake_exchange *ex)
 		switch (fake_range_parse(range, size, &first, &last)) {
 		case FAKE_RANGE_UNSATISFIABLE:
 			free(etag);
-			if (snprintf(content_range, sizeof(content_range), "bytes */%" PRIu64, size) > 0)
+			if (snprintf(content_range, sizeof(content_range), "bytes */%" PRIu64,
+				     size) > 0)
 				fake_add_header(ex->req, "Content-Range", content_range);
 			fake_exchange_reply_json(ex, 416, "{\"error\":\"range not satisfiable\"}");
 			return;
 		case FAKE_RANGE_SATISFIABLE:
 			code = 206;
 			if (snprintf(content_range, sizeof(content_range),
-				"bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, first, last, size) > 0)
+				     "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, first, last,
+				     size) > 0)
 				fake_add_header(ex->req, "Content-Range", content_range);
 			break;
 		case FAKE_RANGE_IGNORED:
@@ -796,12 +772,11 @@ fake_csv_start(struct fake_exchange *ex)
 
 /* --- raw answers -------------------------------------------------------- */
 
-static void
-fake_raws_clear(struct fake_server *server)
+static void fake_raws_clear(struct fake_server *server)
 {
 	struct fake_raw *raw, *tmp;
 
-	HASH_ITER(hh, server->raws, raw, tmp) {
+	HASH_ITER (hh, server->raws, raw, tmp) {
 		HASH_DEL(server->raws, raw);
 		free(raw->name);
 		free(raw->bytes);
@@ -810,8 +785,7 @@ fake_raws_clear(struct fake_server *server)
 }
 
 /* The last piece is written: close, reset or keep the connection as scripted. */
-static void
-fake_raw_end(struct fake_exchange *ex)
+static void fake_raw_end(struct fake_exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->evcon);
 	struct linger linger = { 1, 0 };
@@ -832,22 +806,21 @@ fake_raw_end(struct fake_exchange *ex)
 			return;
 	}
 	if (ex->raw_after == FAKE_RAW_RST &&
-	    setsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_LINGER, &linger,
-		sizeof(linger)) != 0)
+	    setsockopt(bufferevent_getfd(bev), SOL_SOCKET, SO_LINGER, &linger, sizeof(linger)) != 0)
 		fake_log("%s: SO_LINGER: %s", __func__, strerror(errno));
 	fake_exchange_cut(ex, "raw answer sent, connection dropped");
 }
 
 /* Writes the next piece straight into the connection, past evhttp's framing. */
-static void
-fake_raw_pump(struct fake_exchange *ex)
+static void fake_raw_pump(struct fake_exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->evcon);
 	size_t left = evbuffer_get_length(ex->chunk);
 	size_t piece = ex->raw_trickle > 0 && ex->raw_trickle < left ? ex->raw_trickle : left;
 
-	if (piece > 0 && (evbuffer_remove_buffer(ex->chunk, bufferevent_get_output(bev),
-		piece) != (int)piece || bufferevent_enable(bev, EV_WRITE) != 0)) {
+	if (piece > 0 &&
+	    (evbuffer_remove_buffer(ex->chunk, bufferevent_get_output(bev), piece) != (int)piece ||
+	     bufferevent_enable(bev, EV_WRITE) != 0)) {
 		fake_exchange_cut(ex, "cannot write the raw answer");
 		return;
 	}
@@ -859,8 +832,7 @@ fake_raw_pump(struct fake_exchange *ex)
 		fake_exchange_cut(ex, "cannot arm the trickle timer");
 }
 
-static void
-fake_raw_start(struct fake_exchange *ex)
+static void fake_raw_start(struct fake_exchange *ex)
 {
 	struct fake_raw *raw = NULL;
 
@@ -884,8 +856,7 @@ fake_raw_start(struct fake_exchange *ex)
 	fake_raw_pump(ex);
 }
 
-static int
-fake_raw_options(struct fake_raw *raw, struct evkeyvalq *params)
+static int fake_raw_options(struct fake_raw *raw, struct evkeyvalq *params)
 {
 	const char *trickle = evhttp_find_header(params, "trickle");
 	const char *every = evhttp_find_header(params, "every");
@@ -910,8 +881,7 @@ fake_raw_options(struct fake_raw *raw, struct evkeyvalq *params)
 	return 0;
 }
 
-static void
-fake_handle_raw(struct fake_server *server, struct evhttp_request *req)
+static void fake_handle_raw(struct fake_server *server, struct evhttp_request *req)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
@@ -957,8 +927,7 @@ fake_handle_raw(struct fake_server *server, struct evhttp_request *req)
 
 /* --- answering /export_status ------------------------------------------ */
 
-static void
-fake_exchange_respond(struct fake_exchange *ex)
+static void fake_exchange_respond(struct fake_exchange *ex)
 {
 	if (ex->script.status == 0)
 		ex->script.status = fake_state_as_status(ex->state);
@@ -977,8 +946,7 @@ fake_exchange_respond(struct fake_exchange *ex)
 	}
 }
 
-static void
-fake_exchange_timer_fired(evutil_socket_t fd, short what, void *arg)
+static void fake_exchange_timer_fired(evutil_socket_t fd, short what, void *arg)
 {
 	struct fake_exchange *ex = arg;
 
@@ -1003,9 +971,8 @@ fake_exchange_timer_fired(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-static void
-fake_exchange_start(struct fake_server *server, struct evhttp_request *req,
-    struct fake_export *export, const char *id, const char *download)
+static void fake_exchange_start(struct fake_server *server, struct evhttp_request *req,
+				struct fake_export *export, const char *id, const char *download)
 {
 	struct fake_exchange *ex = calloc(1, sizeof(*ex));
 
@@ -1033,7 +1000,7 @@ fake_exchange_start(struct fake_server *server, struct evhttp_request *req,
 	}
 	export->authorised++;
 	ex->state = fake_script_state(&ex->script, export->authorised,
-	    fake_now_us() / 1000 - export->first_seen_ms);
+				      fake_now_us() / 1000 - export->first_seen_ms);
 	ex->download = download != NULL && strcmp(download, "true") == 0;
 	if (ex->script.delay_ms == 0) {
 		fake_exchange_respond(ex);
@@ -1048,8 +1015,7 @@ fake_exchange_start(struct fake_server *server, struct evhttp_request *req,
 	fake_exchange_watch(ex);
 }
 
-static bool
-fake_secret_equal(const char *given, const char *expected)
+static bool fake_secret_equal(const char *given, const char *expected)
 {
 	size_t length = strlen(expected);
 
@@ -1057,8 +1023,8 @@ fake_secret_equal(const char *given, const char *expected)
 }
 
 /* NULL when the request does not carry a valid credential. */
-static const struct fake_credential *
-fake_authenticate(const struct fake_server *server, struct evhttp_request *req)
+static const struct fake_credential *fake_authenticate(const struct fake_server *server,
+						       struct evhttp_request *req)
 {
 	struct evkeyvalq *headers = evhttp_request_get_input_headers(req);
 	const char *authorization = evhttp_find_header(headers, "Authorization");
@@ -1080,8 +1046,7 @@ fake_authenticate(const struct fake_server *server, struct evhttp_request *req)
 	return NULL;
 }
 
-static int
-fake_render_headers(struct evbuffer *out, struct evkeyvalq *headers)
+static int fake_render_headers(struct evbuffer *out, struct evkeyvalq *headers)
 {
 	struct evkeyval *header, *other;
 	bool first = true;
@@ -1089,7 +1054,8 @@ fake_render_headers(struct evbuffer *out, struct evkeyvalq *headers)
 	for (header = TAILQ_FIRST(headers); header != NULL; header = TAILQ_NEXT(header, next)) {
 		bool seen = false;
 
-		for (other = TAILQ_FIRST(headers); other != header; other = TAILQ_NEXT(other, next)) {
+		for (other = TAILQ_FIRST(headers); other != header;
+		     other = TAILQ_NEXT(other, next)) {
 			if (strcasecmp(other->key, header->key) == 0) {
 				seen = true;
 				break;
@@ -1102,10 +1068,11 @@ fake_render_headers(struct evbuffer *out, struct evkeyvalq *headers)
 		    fake_buf_add(out, "\":\"") != 0 ||
 		    fake_json_add_escaped(out, header->value, false) != 0)
 			return -1;
-		for (other = TAILQ_NEXT(header, next); other != NULL; other = TAILQ_NEXT(other, next)) {
+		for (other = TAILQ_NEXT(header, next); other != NULL;
+		     other = TAILQ_NEXT(other, next)) {
 			if (strcasecmp(other->key, header->key) == 0 &&
 			    (fake_buf_add(out, ", ") != 0 ||
-				fake_json_add_escaped(out, other->value, false) != 0))
+			     fake_json_add_escaped(out, other->value, false) != 0))
 				return -1;
 		}
 		if (fake_buf_add(out, "\"") != 0)
@@ -1116,16 +1083,14 @@ fake_render_headers(struct evbuffer *out, struct evkeyvalq *headers)
 }
 
 /* Renders the request as /_stats' "last" now, since req dies with the exchange. */
-static void
-fake_stats_record_last(struct fake_server *server, struct evhttp_request *req)
+static void fake_stats_record_last(struct fake_server *server, struct evhttp_request *req)
 {
 	struct evbuffer *json = evbuffer_new();
 	const char *uri = evhttp_request_get_uri(req);
 	char *rendered = NULL;
 	size_t length;
 
-	if (json == NULL ||
-	    fake_buf_add(json, "{\"method\":") != 0 ||
+	if (json == NULL || fake_buf_add(json, "{\"method\":") != 0 ||
 	    fake_json_add_string(json, fake_method_name(evhttp_request_get_command(req))) != 0 ||
 	    fake_buf_add(json, ",\"uri\":") != 0 ||
 	    fake_json_add_string(json, uri != NULL ? uri : "") != 0 ||
@@ -1153,8 +1118,7 @@ fail:
  * Headers and body go out in two TLS writes; without TCP_NODELAY the second waits
  * for the peer's delayed ACK (~40 ms) and every answer looks slow.
  */
-static void
-fake_no_delay(struct evhttp_request *req)
+static void fake_no_delay(struct evhttp_request *req)
 {
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
 	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
@@ -1165,8 +1129,7 @@ fake_no_delay(struct evhttp_request *req)
 		fprintf(stderr, "fake-upstream: TCP_NODELAY: %s\n", strerror(errno));
 }
 
-static void
-fake_handle_export_status(struct fake_server *server, struct evhttp_request *req)
+static void fake_handle_export_status(struct fake_server *server, struct evhttp_request *req)
 {
 	struct evkeyvalq params;
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
@@ -1189,24 +1152,25 @@ fake_handle_export_status(struct fake_server *server, struct evhttp_request *req
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET)
 		fake_reply_method_not_allowed(req, "GET");
 	else if (user_id == NULL || id == NULL)
-		fake_reply_json(req, 400, "{\"error\":\"user_id and data_export_id are required\"}");
+		fake_reply_json(req, 400,
+				"{\"error\":\"user_id and data_export_id are required\"}");
 	else if ((credential = fake_authenticate(server, req)) == NULL)
 		fake_reply_json(req, 401, "{\"error\":\"Unauthorized\"}");
 	else if (strcmp(user_id, credential->user_id) != 0)
 		fake_reply_json(req, 403,
-		    "{\"error\":{\"code\":\"forbidden\",\"message\":\"export does not belong to this user\"}}");
+				"{\"error\":{\"code\":\"forbidden\",\"message\":\"export does not "
+				"belong to this user\"}}");
 	else if (export == NULL)
 		fake_reply_json(req, 503, "{\"error\":\"too many export ids, POST /_reset\"}");
 	else
 		fake_exchange_start(server, req, export, id,
-		    evhttp_find_header(&params, "download"));
+				    evhttp_find_header(&params, "download"));
 	evhttp_clear_headers(&params);
 }
 
 /* --- control endpoints -------------------------------------------------- */
 
-static void
-fake_handle_stats(struct fake_server *server, struct evhttp_request *req)
+static void fake_handle_stats(struct fake_server *server, struct evhttp_request *req)
 {
 	struct evbuffer *body;
 	struct fake_export *export, *tmp;
@@ -1222,16 +1186,17 @@ fake_handle_stats(struct fake_server *server, struct evhttp_request *req)
 		return;
 	}
 	failed |= evbuffer_add_printf(body, "{\"requests\":%" PRIu64 ",\"by_id\":{",
-	    server->requests) < 0;
-	HASH_ITER(hh, server->exports, export, tmp) {
+				      server->requests) < 0;
+	HASH_ITER (hh, server->exports, export, tmp) {
 		failed |= fake_buf_add(body, first ? "" : ",") != 0;
 		failed |= fake_json_add_string(body, export->id) != 0;
 		failed |= evbuffer_add_printf(body, ":%" PRIu64, export->requests) < 0;
 		first = false;
 	}
 	failed |= evbuffer_add_printf(body,
-	    "},\"client_aborts\":%" PRIu64 ",\"connections\":%" PRIu64 ",\"last\":",
-	    server->client_aborts, server->connections) < 0;
+				      "},\"client_aborts\":%" PRIu64 ",\"connections\":%" PRIu64
+				      ",\"last\":",
+				      server->client_aborts, server->connections) < 0;
 	failed |= fake_buf_add(body, server->last_json != NULL ? server->last_json : "null") != 0;
 	failed |= fake_buf_add(body, "}") != 0;
 	if (failed)
@@ -1241,8 +1206,7 @@ fake_handle_stats(struct fake_server *server, struct evhttp_request *req)
 	evbuffer_free(body);
 }
 
-static void
-fake_handle_reset(struct fake_server *server, struct evhttp_request *req)
+static void fake_handle_reset(struct fake_server *server, struct evhttp_request *req)
 {
 	enum evhttp_cmd_type method = evhttp_request_get_command(req);
 
@@ -1259,8 +1223,7 @@ fake_handle_reset(struct fake_server *server, struct evhttp_request *req)
 	fake_reply_json(req, 200, "{\"ok\":true}");
 }
 
-static void
-fake_handle_request(struct evhttp_request *req, void *arg)
+static void fake_handle_request(struct evhttp_request *req, void *arg)
 {
 	struct fake_server *server = arg;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -1281,8 +1244,7 @@ fake_handle_request(struct evhttp_request *req, void *arg)
 }
 
 /* Called by evhttp once per accepted connection. */
-static struct bufferevent *
-fake_accept_tls(struct event_base *base, void *arg)
+static struct bufferevent *fake_accept_tls(struct event_base *base, void *arg)
 {
 	struct fake_server *server = arg;
 	struct bufferevent *bev;
@@ -1295,7 +1257,7 @@ fake_accept_tls(struct event_base *base, void *arg)
 		return NULL;
 	}
 	bev = bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE);
+					     BEV_OPT_CLOSE_ON_FREE);
 	if (bev == NULL) {
 		fake_log("%s: bufferevent_openssl_socket_new failed", __func__);
 		SSL_free(ssl);
@@ -1308,8 +1270,7 @@ fake_accept_tls(struct event_base *base, void *arg)
 
 /* --- start-up and shutdown --------------------------------------------- */
 
-static SSL_CTX *
-fake_tls_context(const char *cert, const char *key)
+static SSL_CTX *fake_tls_context(const char *cert, const char *key)
 {
 	SSL_CTX *tls = SSL_CTX_new(TLS_server_method());
 
@@ -1339,8 +1300,7 @@ fail:
 }
 
 /* KIND:KEY:USER_ID; KEY may contain ':', USER_ID may not. */
-static int
-fake_credential_parse(struct fake_credential *credential, const char *text)
+static int fake_credential_parse(struct fake_credential *credential, const char *text)
 {
 	char *first_colon, *last_colon;
 
@@ -1365,13 +1325,12 @@ fake_credential_parse(struct fake_credential *credential, const char *text)
 	return 0;
 }
 
-static int
-fake_credential_add(struct fake_server *server, const char *text)
+static int fake_credential_add(struct fake_server *server, const char *text)
 {
 	struct fake_credential *grown;
 
 	grown = realloc(server->credentials,
-	    (server->credential_count + 1) * sizeof(*server->credentials));
+			(server->credential_count + 1) * sizeof(*server->credentials));
 	if (grown == NULL)
 		return -1;
 	server->credentials = grown;
@@ -1384,8 +1343,7 @@ fake_credential_add(struct fake_server *server, const char *text)
 }
 
 /* HOST:PORT or [V6]:PORT; *host is allocated and bracket-free. */
-static int
-fake_parse_listen(const char *text, char **host, uint16_t *port)
+static int fake_parse_listen(const char *text, char **host, uint16_t *port)
 {
 	const char *colon = strrchr(text, ':');
 	const char *start = text;
@@ -1407,14 +1365,13 @@ fake_parse_listen(const char *text, char **host, uint16_t *port)
 	return 0;
 }
 
-static int
-fake_bound_port(struct evhttp_bound_socket *bound, unsigned *port)
+static int fake_bound_port(struct evhttp_bound_socket *bound, unsigned *port)
 {
 	struct sockaddr_storage address;
 	socklen_t length = sizeof(address);
 
-	if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&address,
-		&length) != 0)
+	if (getsockname(evhttp_bound_socket_get_fd(bound), (struct sockaddr *)&address, &length) !=
+	    0)
 		return -1;
 	if (address.ss_family == AF_INET)
 		*port = ntohs(((struct sockaddr_in *)&address)->sin_port);
@@ -1426,16 +1383,14 @@ fake_bound_port(struct evhttp_bound_socket *bound, unsigned *port)
 }
 
 /* Written to a temporary name and renamed, so a reader never sees half a number. */
-static int
-fake_write_port_file(const char *path, unsigned port)
+static int fake_write_port_file(const char *path, unsigned port)
 {
 	size_t size = strlen(path) + 32;
 	char *temporary = malloc(size);
 	FILE *file = NULL;
 	int result = -1;
 
-	if (temporary == NULL ||
-	    snprintf(temporary, size, "%s.tmp.%ld", path, (long)getpid()) < 0)
+	if (temporary == NULL || snprintf(temporary, size, "%s.tmp.%ld", path, (long)getpid()) < 0)
 		goto done;
 	if ((file = fopen(temporary, "w")) == NULL)
 		goto done;
@@ -1464,8 +1419,7 @@ done:
 	return result;
 }
 
-static void
-fake_signal(evutil_socket_t signal_number, short what, void *arg)
+static void fake_signal(evutil_socket_t signal_number, short what, void *arg)
 {
 	struct fake_server *server = arg;
 
@@ -1475,8 +1429,7 @@ fake_signal(evutil_socket_t signal_number, short what, void *arg)
 		fake_log("%s: event_base_loopbreak failed", __func__);
 }
 
-static void
-fake_server_free(struct fake_server *server)
+static void fake_server_free(struct fake_server *server)
 {
 	struct fake_exchange *ex, *tmp;
 	size_t i;
@@ -1484,7 +1437,7 @@ fake_server_free(struct fake_server *server)
 	/* Frees every connection; our closecbs free the exchanges still running. */
 	if (server->http != NULL)
 		evhttp_free(server->http);
-	DL_FOREACH_SAFE(server->exchanges, ex, tmp) {
+	DL_FOREACH_SAFE (server->exchanges, ex, tmp) {
 		fake_exchange_free(ex, "still running at exit");
 	}
 	if (server->sigterm != NULL)
@@ -1504,11 +1457,11 @@ fake_server_free(struct fake_server *server)
 	memset(server, 0, sizeof(*server));
 }
 
-static void
-fake_usage(FILE *out)
+static void fake_usage(FILE *out)
 {
 	if (fputs("usage: fake-upstream [--listen HOST:PORT] --cert FILE --key FILE\n"
-		  "                     --credential personal|oauth:KEY:USER_ID [--credential ...]\n"
+		  "                     --credential personal|oauth:KEY:USER_ID [--credential "
+		  "...]\n"
 		  "                     [--port-file PATH]\n"
 		  "A fake Gumloop GET /export_status over HTTPS, scripted through data_export_id.\n"
 		  "  --listen      address to bind (default 127.0.0.1:0, port 0 = any free port)\n"
@@ -1519,9 +1472,8 @@ fake_usage(FILE *out)
 }
 
 /* 0 ok, 1 help printed, -1 bad arguments. */
-static int
-fake_parse_arguments(int argc, char **argv, struct fake_options *options,
-    struct fake_server *server)
+static int fake_parse_arguments(int argc, char **argv, struct fake_options *options,
+				struct fake_server *server)
 {
 	static const struct option longopts[] = {
 		{ "listen", required_argument, NULL, 'l' },
@@ -1551,7 +1503,8 @@ fake_parse_arguments(int argc, char **argv, struct fake_options *options,
 			break;
 		case 'C':
 			if (fake_credential_add(server, optarg) != 0) {
-				fake_log("bad --credential %s (want personal|oauth:KEY:USER_ID)", optarg);
+				fake_log("bad --credential %s (want personal|oauth:KEY:USER_ID)",
+					 optarg);
 				return -1;
 			}
 			break;
@@ -1572,8 +1525,7 @@ fake_parse_arguments(int argc, char **argv, struct fake_options *options,
 	return 0;
 }
 
-int
-main(int argc, char **argv)
+int main(int argc, char **argv)
 {
 	struct fake_options options = { 0 };
 	struct fake_server server = { 0 };
@@ -1619,9 +1571,9 @@ main(int argc, char **argv)
 	evhttp_set_bevcb(server.http, fake_accept_tls, &server);
 	evhttp_set_gencb(server.http, fake_handle_request, &server);
 	/* Let every method reach us, so the answer is our 405, not evhttp's 501. */
-	evhttp_set_allowed_methods(server.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST |
-	    EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-	    EVHTTP_REQ_PATCH);
+	evhttp_set_allowed_methods(server.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+							EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+							EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(server.http, FAKE_MAX_HEADERS_SIZE);
 	evhttp_set_max_body_size(server.http, FAKE_MAX_BODY_SIZE);
 	if ((bound = evhttp_bind_socket_with_handle(server.http, host, port)) == NULL) {
@@ -1643,8 +1595,8 @@ main(int argc, char **argv)
 	if (options.port_file != NULL && fake_write_port_file(options.port_file, bound_port) != 0)
 		goto fail;
 	if (printf("fake-upstream listening on https://%.*s:%u\n",
-		(int)(strrchr(options.listen, ':') - options.listen), options.listen,
-		bound_port) < 0 ||
+		   (int)(strrchr(options.listen, ':') - options.listen), options.listen,
+		   bound_port) < 0 ||
 	    fflush(stdout) != 0) {
 		fake_log("cannot write to stdout: %s", strerror(errno));
 		goto fail;
