@@ -95,12 +95,6 @@ MUST_CHECK struct conf *conf_load(const char *path, char *err, size_t errlen);
 /* Frees everything, wiping secrets first. NULL is allowed. */
 void conf_free(struct conf *conf);
 
-/* "250ms", "2s", "5m", "1h"; a bare number is seconds. 0 on success, -1 on error. */
-MUST_CHECK int conf_parse_duration(const char *text, int64_t *ms);
-
-/* "512", "64k", "16m", "1g" (powers of 1024). 0 on success, -1 on error. */
-MUST_CHECK int conf_parse_size(const char *text, uint64_t *bytes);
-
 /* Where a key may stand: before any section, or in a [credential]/[client] one. */
 enum conf_key_section { CONF_KEY_GLOBAL, CONF_KEY_CREDENTIAL, CONF_KEY_CLIENT };
 

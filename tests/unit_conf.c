@@ -4,6 +4,7 @@
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,7 +20,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cidr.h"
 #include "conf.h"
+#include "conf_values.h"
 
 #define ERR_SIZE   16384
 #define CREDENTIAL "[credential main]\nuser_id = u-main\napi_key = k-main\n"
@@ -996,11 +999,11 @@ static void test_parse_duration(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
 		ms = -1;
-		assert_int_equal(conf_parse_duration(valid[i].text, &ms), 0);
+		assert_int_equal(value_parse_duration(valid[i].text, &ms), 0);
 		assert_true(ms == valid[i].ms);
 	}
 	for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
-		if (conf_parse_duration(invalid[i], &ms) != -1)
+		if (value_parse_duration(invalid[i], &ms) != -1)
 			fail_msg("\"%s\" accepted", invalid[i]);
 	}
 }
@@ -1042,13 +1045,79 @@ static void test_parse_size(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
 		bytes = 1;
-		assert_int_equal(conf_parse_size(valid[i].text, &bytes), 0);
+		assert_int_equal(value_parse_size(valid[i].text, &bytes), 0);
 		assert_true(bytes == valid[i].bytes);
 	}
 	for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
-		if (conf_parse_size(invalid[i], &bytes) != -1)
+		if (value_parse_size(invalid[i], &bytes) != -1)
 			fail_msg("\"%s\" accepted", invalid[i]);
 	}
+}
+
+static void test_parse_listen(void **state)
+{
+	static const struct {
+		const char *text, *host, *canonical;
+		unsigned port;
+		bool tls;
+	} valid[] = {
+		{ "127.0.0.1:8080", "127.0.0.1", "127.0.0.1:8080", 8080, false },
+		{ "0.0.0.0:0", "0.0.0.0", "0.0.0.0:0", 0, false },
+		{ "[::1]:8443 tls", "::1", "[::1]:8443 tls", 8443, true },
+		{ "[0:0::1]:1\t tls", "::1", "[::1]:1 tls", 1, true },
+	};
+	static const char *const invalid[] = {
+		"localhost:8080",   "127.0.0.1",
+		"::1:8080",	    "[::1]8080",
+		"127.0.0.1:65536",  "127.0.0.1:-1",
+		"127.0.0.1:80 ssl", "[127.0.0.1]:80",
+		"127.0.0.1:80x",    "",
+	};
+	struct conf_listen listen;
+	char why[128];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(valid) / sizeof(valid[0]); i++) {
+		assert_int_equal(value_parse_listen(valid[i].text, &listen, why, sizeof(why)), 0);
+		assert_string_equal(listen.host, valid[i].host);
+		assert_string_equal(listen.text, valid[i].canonical);
+		assert_int_equal(listen.port, valid[i].port);
+		assert_int_equal(listen.tls, valid[i].tls);
+		free(listen.host);
+		free(listen.text);
+	}
+	for (i = 0; i < sizeof(invalid) / sizeof(invalid[0]); i++) {
+		why[0] = '\0';
+		if (value_parse_listen(invalid[i], &listen, why, sizeof(why)) != -1)
+			fail_msg("'%s' was taken as a listen address", invalid[i]);
+		assert_true(why[0] != '\0');
+	}
+}
+
+static void test_parse_cidr_list(void **state)
+{
+	struct cidr *list = NULL;
+	size_t count = 0;
+	char why[128];
+
+	(void)state;
+	assert_int_equal(value_parse_cidr_list("10.0.0.0/8, ::1/128\t192.168.1.1", &list, &count,
+					       why, sizeof(why)),
+			 0);
+	assert_int_equal(count, 3);
+	assert_int_equal(list[0].prefix, 8);
+	assert_int_equal(list[1].family, AF_INET6);
+	assert_int_equal(list[2].prefix, 32);
+	/* a failure leaves the list as it was */
+	assert_int_equal(
+		value_parse_cidr_list("10.0.0.0/8 nonsense", &list, &count, why, sizeof(why)), -1);
+	assert_non_null(strstr(why, "'nonsense'"));
+	assert_int_equal(count, 3);
+	assert_int_equal(value_parse_cidr_list(" ,, ", &list, &count, why, sizeof(why)), -1);
+	assert_string_equal(why, "missing value");
+	assert_int_equal(count, 3);
+	free(list);
 }
 
 static void test_parse_cidr(void **state)
@@ -1219,6 +1288,8 @@ int main(void)
 		cmocka_unit_test(test_insecure_secret_file_warns),
 		cmocka_unit_test(test_parse_duration),
 		cmocka_unit_test(test_parse_size),
+		cmocka_unit_test(test_parse_listen),
+		cmocka_unit_test(test_parse_cidr_list),
 		cmocka_unit_test(test_parse_cidr),
 		cmocka_unit_test(test_cidr_match),
 		cmocka_unit_test(test_sample_config),
