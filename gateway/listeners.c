@@ -307,8 +307,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
 	if (tracked == NULL) {
-		/* Accepted without our bufferevent (out of memory): not served. */
-		evhttp_send_error(req, 503, NULL);
+		listeners->callbacks.unserved(req, listeners->arg);
 		return;
 	}
 	event_del(tracked->deadline);

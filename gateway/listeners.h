@@ -21,6 +21,9 @@ struct listeners;
 struct listeners_callbacks {
 	/* A complete request on an open connection. */
 	void (*request)(struct evhttp_request *req, void *arg);
+	/* A request on a connection accepted without the gateway's bufferevent (out of
+	 * memory then): not watched or limited, so it is to be refused. */
+	void (*unserved)(struct evhttp_request *req, void *arg);
 	/* A connection was accepted; returns its context (NULL is allowed). */
 	void *(*opened)(struct evhttp_connection *evcon, void *arg);
 	/* evhttp is freeing the connection; context is opened's. */

@@ -439,6 +439,13 @@ static void on_request(struct evhttp_request *req, void *arg)
 	handle_request(ex);
 }
 
+static void on_unserved(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	evhttp_send_error(req, 503, NULL);
+}
+
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 {
 	struct server *server = arg;
@@ -483,6 +490,7 @@ fail:
 
 static const struct listeners_callbacks listeners_callbacks = {
 	.request = on_request,
+	.unserved = on_unserved,
 	.opened = on_connection_opened,
 	.closed = on_connection_closed,
 };

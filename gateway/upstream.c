@@ -1,6 +1,8 @@
 /*
- * upstream.c -- libcurl's multi_socket API on the gateway's libevent loop, after
- * curl's docs/examples/hiperfifo.c, plus the one Gumloop request we make. Every
+ * upstream.c -- calls to Gumloop: one libcurl easy handle each (its request set
+ * up by gumloop.c) on the multi handles pool.c keeps on the gateway's loop,
+ * after curl's docs/examples/hiperfifo.c; a status call buffers its answer, a
+ * download hands its head and body pieces to its handlers as they come. Every
  * curl return is checked; a failure fails the call, never the process. Every
  * response head is parsed here as well as by libcurl and checked (framing.c), so
  * nothing libcurl would guess at reaches a client.
@@ -9,9 +11,7 @@
 
 #include "upstream.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,22 +24,17 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "conf.h"
 #include "framing.h"
+#include "gumloop.h"
 #include "log.h"
 #include "metrics.h"
 #include "pool.h"
 #include "query.h"
 
 #include <utlist.h>
-
-#define UPSTREAM_USER_AGENT	"gumloop-gateway/" PACKAGE_VERSION
-#define UPSTREAM_MAX_CONNECT_MS 10000L
-/* libcurl's own lifetime for a parsed CA bundle. */
-#define UPSTREAM_CA_CACHE_SECONDS (24L * 3600)
 
 struct upstream {
 	struct event_base *base;
@@ -160,8 +155,6 @@ fail:
 
 static void call_free(struct upstream_call *call)
 {
-	struct curl_slist *header;
-
 	if (call->easy != NULL) {
 		CURLMcode rc = curl_multi_remove_handle(
 			pools_multi(call->upstream->pools, call->pool), call->easy);
@@ -171,9 +164,7 @@ static void call_free(struct upstream_call *call)
 				  curl_multi_strerror(rc));
 		curl_easy_cleanup(call->easy);
 	}
-	for (header = call->headers; header != NULL; header = header->next)
-		OPENSSL_cleanse(header->data, strlen(header->data));
-	curl_slist_free_all(call->headers);
+	gumloop_headers_free(call->headers);
 	if (call->body != NULL)
 		evbuffer_free(call->body);
 	evhttp_clear_headers(&call->response_headers);
@@ -482,53 +473,6 @@ void upstream_resume(struct upstream_call *call)
 		log_error("%s: curl_easy_pause: %s", __func__, curl_easy_strerror(rc));
 }
 
-/* Appends "name: value" to the call's headers, wiping the temporary copy. */
-static int add_header(struct upstream_call *call, const char *name, const char *value)
-{
-	char line[SECRET_MAX_BYTES + 64];
-	struct curl_slist *list;
-	int n = snprintf(line, sizeof(line), "%s: %s", name, value);
-
-	if (n < 0 || (size_t)n >= sizeof(line))
-		return -1;
-	list = curl_slist_append(call->headers, line);
-	OPENSSL_cleanse(line, sizeof(line));
-	if (list == NULL)
-		return -1;
-	call->headers = list;
-	return 0;
-}
-
-static char *status_url(CURL *easy, const char *base, const struct conf_credential *credential,
-			const struct query *q)
-{
-	char *user_id = curl_easy_escape(easy, credential->user_id, 0);
-	char *export_id = curl_easy_escape(easy, q->data_export_id, 0);
-	char *url = NULL;
-
-	if (user_id != NULL && export_id != NULL &&
-	    asprintf(&url, "%s/export_status?user_id=%s&data_export_id=%s%s", base, user_id,
-		     export_id, q->download ? "&download=true" : "") < 0)
-		url = NULL;
-	curl_free(user_id);
-	curl_free(export_id);
-	return url;
-}
-
-/*
- * How long libcurl may keep its parsed CA bundle: never from before the last
- * reload, so a bundle replaced under the same path is read again. libcurl
- * drops a cached copy older than this many whole seconds; in the first second
- * after a reload 0 makes it read the bundle for every new connection (and
- * cache none), after that the copy from before the reload is always older.
- */
-static long ca_cache_seconds(const struct upstream *upstream)
-{
-	int64_t since = (now_ms() - upstream->applied_ms) / 1000;
-
-	return since < UPSTREAM_CA_CACHE_SECONDS ? (long)since : UPSTREAM_CA_CACHE_SECONDS;
-}
-
 #define SETOPT(easy, option, value)                                                                \
 	do {                                                                                       \
 		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {                           \
@@ -537,69 +481,13 @@ static long ca_cache_seconds(const struct upstream *upstream)
 		}                                                                                  \
 	} while (0)
 
-/* Request options only downloads have. */
-static int configure_download(struct upstream_call *call, const struct conf *conf,
-			      const char *range, const char *if_range)
+/* The call's own options: its callbacks, and the pool it runs in. */
+static int call_configure(struct upstream_call *call, const struct gumloop_request *request)
 {
 	CURL *easy = call->easy;
 
-	call->idle_timeout = timeval_of(conf->upstream_idle_timeout_ms);
-	call->idle_timer = evtimer_new(call->upstream->base, on_idle, call);
-	if (call->idle_timer == NULL)
+	if (gumloop_configure(easy, request, &call->headers) < 0)
 		goto fail;
-	if ((range != NULL && add_header(call, "Range", range) < 0) ||
-	    (if_range != NULL && add_header(call, "If-Range", if_range) < 0))
-		goto fail;
-	SETOPT(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-	return 0;
-fail:
-	return -1;
-}
-
-static int call_configure(struct upstream_call *call, const struct conf *conf,
-			  const struct conf_credential *credential, const struct query *q)
-{
-	CURL *easy = call->easy;
-	char *url = status_url(easy, conf->upstream, credential, q);
-	long connect_ms = conf->upstream_timeout_ms < UPSTREAM_MAX_CONNECT_MS
-				  ? (long)conf->upstream_timeout_ms
-				  : UPSTREAM_MAX_CONNECT_MS;
-	char bearer[SECRET_MAX_BYTES + 16];
-	int n;
-
-	if (url == NULL)
-		goto fail;
-	n = snprintf(bearer, sizeof(bearer), "Bearer %s", credential->api_key);
-	if (n < 0 || (size_t)n >= sizeof(bearer) || add_header(call, "Authorization", bearer) < 0)
-		goto fail;
-	if (credential->kind == CONF_CREDENTIAL_PERSONAL &&
-	    add_header(call, "x-auth-key", credential->user_id) < 0)
-		goto fail;
-	if (!q->download && add_header(call, "Accept", "application/json") < 0)
-		goto fail;
-	/* Content codings are refused (framing.c), so ask for none. */
-	if (add_header(call, "Accept-Encoding", "identity") < 0)
-		goto fail;
-	OPENSSL_cleanse(bearer, sizeof(bearer));
-
-	SETOPT(easy, CURLOPT_URL, url);
-	SETOPT(easy, CURLOPT_HTTPHEADER, call->headers);
-	SETOPT(easy, CURLOPT_PROTOCOLS_STR, "https");
-	SETOPT(easy, CURLOPT_FOLLOWLOCATION, 0L);
-	SETOPT(easy, CURLOPT_SSL_VERIFYPEER, 1L);
-	SETOPT(easy, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (conf->upstream_ca != NULL) {
-		SETOPT(easy, CURLOPT_CAINFO, conf->upstream_ca);
-		/* only that bundle: Debian's libcurl also trusts /etc/ssl/certs by default */
-		SETOPT(easy, CURLOPT_CAPATH, NULL);
-	}
-	SETOPT(easy, CURLOPT_CA_CACHE_TIMEOUT, ca_cache_seconds(call->upstream));
-	SETOPT(easy, CURLOPT_MAXAGE_CONN, (long)(conf->upstream_keepalive_timeout_ms / 1000));
-	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
-	if (!q->download)
-		SETOPT(easy, CURLOPT_TIMEOUT_MS, (long)conf->upstream_timeout_ms);
-	SETOPT(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-	SETOPT(easy, CURLOPT_USERAGENT, UPSTREAM_USER_AGENT);
 	SETOPT(easy, CURLOPT_ERRORBUFFER, call->error);
 	SETOPT(easy, CURLOPT_WRITEFUNCTION, write_cb);
 	SETOPT(easy, CURLOPT_WRITEDATA, call);
@@ -610,13 +498,8 @@ static int call_configure(struct upstream_call *call, const struct conf *conf,
 	SETOPT(easy, CURLOPT_XFERINFOFUNCTION, progress_cb);
 	SETOPT(easy, CURLOPT_XFERINFODATA, call);
 	SETOPT(easy, CURLOPT_PRIVATE, call);
-	if (pools_prepare(call->upstream->pools, easy) < 0)
-		goto fail;
-	free(url);
-	return 0;
+	return pools_prepare(call->upstream->pools, easy);
 fail:
-	OPENSSL_cleanse(bearer, sizeof(bearer));
-	free(url);
 	return -1;
 }
 
@@ -629,6 +512,15 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 {
 	struct upstream_call *call = calloc(1, sizeof(*call));
 	struct timeval deadline = timeval_of(conf->upstream_timeout_ms);
+	struct gumloop_request request = {
+		.conf = conf,
+		.credential = credential,
+		.q = q,
+		.range = range,
+		.if_range = if_range,
+		.stream = handlers != NULL,
+		.conf_age_ms = now_ms() - upstream->applied_ms,
+	};
 	CURLMcode rc;
 
 	if (call == NULL)
@@ -637,8 +529,11 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	call->pool = handlers != NULL ? POOL_DOWNLOAD : POOL_STATUS;
 	call->done = done;
 	call->arg = arg;
-	if (handlers != NULL)
+	if (handlers != NULL) {
 		call->handlers = *handlers;
+		call->idle_timeout = timeval_of(conf->upstream_idle_timeout_ms);
+		call->idle_timer = evtimer_new(upstream->base, on_idle, call);
+	}
 	call->mode = UPSTREAM_BUFFER;
 	call->socket = CURL_SOCKET_BAD;
 	call->head.content_length = -1;
@@ -652,9 +547,8 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	/* libcurl's own timeout does not count time queued behind the connection limit */
 	call->deadline = evtimer_new(upstream->base, on_deadline, call);
 	if (call->body == NULL || call->easy == NULL || call->tls_drain == NULL ||
-	    call->deadline == NULL || evtimer_add(call->deadline, &deadline) < 0 ||
-	    call_configure(call, conf, credential, q) < 0 ||
-	    (handlers != NULL && configure_download(call, conf, range, if_range) < 0))
+	    call->deadline == NULL || (handlers != NULL && call->idle_timer == NULL) ||
+	    evtimer_add(call->deadline, &deadline) < 0 || call_configure(call, &request) < 0)
 		goto fail;
 	rc = curl_multi_add_handle(pools_multi(upstream->pools, call->pool), call->easy);
 	if (rc != CURLM_OK) {
