@@ -20,6 +20,7 @@
 
 #include <event2/http.h>
 
+#include "http_text.h"
 #include "query.h"
 #include "route.h"
 
@@ -52,6 +53,7 @@ struct server {
 	void (*drained)(void *arg);
 	void *drained_arg;
 	struct event *drain_check;
+	struct http_date date; /* the Date header, made once a second */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
@@ -108,9 +110,12 @@ struct exchange {
 
 /* server.c: replies. Each sets ex->status; ex moves to EXCHANGE_REPLIED. */
 
-/* A whole reply; body may be NULL and stays the caller's. */
+/* A whole reply; body may be NULL, and is drained (moved into the reply). */
 void exchange_reply(struct exchange *ex, int status, const char *content_type,
 		    struct evbuffer *body);
+/* A whole reply of length bytes at data (copied). */
+void exchange_reply_data(struct exchange *ex, int status, const char *content_type,
+			 const void *data, size_t length);
 /* {"error":code,"message":message} with status. */
 void exchange_reply_error(struct exchange *ex, int status, const char *code, const char *message);
 /* A status answer from the cache, with its X-Cache, Cache-Status, Age, Cache-Control. */

@@ -29,6 +29,7 @@
 #include "cache.h"
 #include "checks.h"
 #include "conf.h"
+#include "http_text.h"
 #include "listeners.h"
 #include "log.h"
 #include "metrics.h"
@@ -224,59 +225,72 @@ void exchange_close_after_reply(struct exchange *ex)
 		listeners_linger(ex->server->listeners, ex->connection);
 }
 
-void exchange_reply(struct exchange *ex, int status, const char *content_type,
-		    struct evbuffer *body)
+/*
+ * Sends the reply whose body is in the request's output buffer (none for
+ * HEAD). Date and Content-Length are written here rather than by libevent,
+ * which would format its Date with gmtime and printf for every reply.
+ */
+static void send_reply(struct exchange *ex, int status, const char *content_type, size_t length)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
-	size_t length = body ? evbuffer_get_length(body) : 0;
-	char length_text[32];
+	char length_text[HTTP_TEXT_U64_SIZE];
 
 	ex->state = EXCHANGE_REPLIED;
 	ex->status = status;
 	ex->bytes = ex->head ? 0 : length;
 	if (content_type != NULL)
 		evhttp_add_header(headers, "Content-Type", content_type);
+	evhttp_add_header(headers, "Date", http_date_now(&ex->server->date));
+	/* a HEAD answer has the GET's length; 1xx, 204 and 304 have none */
+	if (status >= 200 && status != 204 && status != 304)
+		evhttp_add_header(headers, "Content-Length", http_text_u64(length_text, length));
 	if (ex->server->draining || ex->must_close)
 		exchange_close_after_reply(ex);
-	if (ex->head) {
-		/* Same headers as GET, no body: evhttp would otherwise send it. */
-		snprintf(length_text, sizeof(length_text), "%zu", length);
-		evhttp_add_header(headers, "Content-Length", length_text);
-		body = NULL;
+	evhttp_send_reply(ex->req, status, NULL, NULL);
+}
+
+void exchange_reply(struct exchange *ex, int status, const char *content_type,
+		    struct evbuffer *body)
+{
+	size_t length = body ? evbuffer_get_length(body) : 0;
+
+	if (body != NULL && !ex->head &&
+	    evbuffer_add_buffer(evhttp_request_get_output_buffer(ex->req), body) < 0) {
+		exchange_reply_error(ex, 500, "internal", "out of memory");
+		return;
 	}
-	evhttp_send_reply(ex->req, status, NULL, body);
+	send_reply(ex, status, content_type, length);
+}
+
+void exchange_reply_data(struct exchange *ex, int status, const char *content_type,
+			 const void *data, size_t length)
+{
+	struct evbuffer *output = evhttp_request_get_output_buffer(ex->req);
+
+	if (!ex->head && evbuffer_add(output, data, length) < 0) {
+		log_error("%s: out of memory answering %d", __func__, status);
+		evbuffer_drain(output, evbuffer_get_length(output));
+		send_reply(ex, 500, NULL, 0);
+		return;
+	}
+	send_reply(ex, status, content_type, length);
 }
 
 void exchange_reply_error(struct exchange *ex, int status, const char *code, const char *message)
 {
-	struct evbuffer *body = evbuffer_new();
 	size_t length = 0;
 	char *text = answer_error_body(code, message, &length);
 
-	if (body == NULL || text == NULL || evbuffer_add(body, text, length) < 0) {
+	if (text == NULL) {
 		log_error("%s: out of memory answering %d", __func__, status);
-		if (body != NULL)
-			evbuffer_drain(body, evbuffer_get_length(body));
-	}
-	free(text);
-	exchange_reply(ex, status, "application/json", body);
-	if (body != NULL)
-		evbuffer_free(body);
-}
-
-static void reply_json_text(struct exchange *ex, int status, const char *text)
-{
-	struct evbuffer *body = evbuffer_new();
-
-	if (body == NULL || evbuffer_add(body, text, strlen(text)) < 0) {
-		if (body != NULL)
-			evbuffer_free(body);
-		exchange_reply_error(ex, 500, "internal", "out of memory");
+		send_reply(ex, status, "application/json", 0);
 		return;
 	}
-	exchange_reply(ex, status, "application/json", body);
-	evbuffer_free(body);
+	exchange_reply_data(ex, status, "application/json", text, length);
+	free(text);
 }
+
+static const char healthz_body[] = "{\"status\":\"ok\"}";
 
 static const char *const x_cache_names[] = {
 	[CACHE_HIT] = "HIT",
@@ -296,50 +310,44 @@ static const enum metrics_cache_result cache_metric[] = {
 static void add_cache_headers(struct exchange *ex, const struct cache_answer *answer)
 {
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
-	char text[96];
+	const char *status = NULL;
+	char text[64];
 
 	evhttp_add_header(headers, "X-Cache", x_cache_names[answer->result]);
 	switch (answer->result) {
 	case CACHE_HIT:
 	case CACHE_STALE:
-		snprintf(text, sizeof(text), "gumloop-gateway; hit; ttl=%lld",
-			 (long long)answer->ttl_seconds);
+		status = http_text_prefixed_i64(text, sizeof(text),
+						"gumloop-gateway; hit; ttl=", answer->ttl_seconds);
 		break;
 	case CACHE_MISS:
-		snprintf(text, sizeof(text), "gumloop-gateway; fwd=miss");
+		status = "gumloop-gateway; fwd=miss";
 		break;
 	case CACHE_COALESCED:
-		snprintf(text, sizeof(text), "gumloop-gateway; fwd=miss; collapsed");
+		status = "gumloop-gateway; fwd=miss; collapsed";
 		break;
 	}
-	evhttp_add_header(headers, "Cache-Status", text);
+	evhttp_add_header(headers, "Cache-Status", status);
 	if (!answer->cached) {
 		evhttp_add_header(headers, "Cache-Control", "no-store");
 		return;
 	}
-	snprintf(text, sizeof(text), "%lld", (long long)answer->age_seconds);
-	evhttp_add_header(headers, "Age", text);
-	snprintf(text, sizeof(text), "private, max-age=%lld",
-		 (long long)(answer->ttl_seconds > 0 ? answer->ttl_seconds : 0));
-	evhttp_add_header(headers, "Cache-Control", text);
+	evhttp_add_header(headers, "Age",
+			  http_text_prefixed_i64(text, sizeof(text), "", answer->age_seconds));
+	evhttp_add_header(
+		headers, "Cache-Control",
+		http_text_prefixed_i64(text, sizeof(text), "private, max-age=",
+				       answer->ttl_seconds > 0 ? answer->ttl_seconds : 0));
 }
 
 void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer)
 {
-	struct evbuffer *body = evbuffer_new();
-
-	if (body == NULL || evbuffer_add(body, answer->body, answer->body_length) < 0) {
-		if (body != NULL)
-			evbuffer_free(body);
-		exchange_reply_error(ex, 500, "internal", "out of memory");
-		return;
-	}
 	ex->upstream_status = answer->status;
 	add_cache_headers(ex, answer);
 	ex->cache_result = x_cache_names[answer->result];
 	metrics_cache(cache_metric[answer->result]);
-	exchange_reply(ex, answer->status, answer->content_type, body);
-	evbuffer_free(body);
+	exchange_reply_data(ex, answer->status, answer->content_type, answer->body,
+			    answer->body_length);
 }
 
 static void handle_metrics(struct exchange *ex)
@@ -399,7 +407,8 @@ static void handle_request(struct exchange *ex)
 		export_status_handle(ex);
 		return;
 	case ROUTE_HEALTHZ:
-		reply_json_text(ex, 200, "{\"status\":\"ok\"}");
+		exchange_reply_data(ex, 200, "application/json", healthz_body,
+				    sizeof(healthz_body) - 1);
 		return;
 	case ROUTE_METRICS:
 		handle_metrics(ex);

@@ -2,6 +2,7 @@
 gateway in front of the fake upstream, whose request counts say how many
 upstream calls were made. Run by `make check` (TAP)."""
 
+import email.utils
 import itertools
 import json
 import os
@@ -67,6 +68,40 @@ class TestCacheHeadersAndTtl(CacheCase):
         status, third, _ = self.get(q(export_id))
         self.assertEqual((status, third["x-cache"]), (200, "MISS"))
         self.assertEqual(self.calls(export_id), 2)
+
+    def test_every_reply_has_one_date_and_one_content_length(self):
+        """The gateway writes Date (made once a second) and Content-Length itself;
+        libevent must not add a second of either, for 1.1 or 1.0, hit or not."""
+        export_id = fresh("states=REQUESTED")
+        cases = [
+            ("GET", q(export_id), "1.1", 200),  # miss
+            ("GET", q(export_id), "1.1", 200),  # hit
+            ("HEAD", q(export_id), "1.1", 200),
+            ("GET", q(export_id), "1.0", 200),
+            ("GET", "/export_status?data_export_id=a%00", "1.1", 400),
+            ("GET", "/nowhere", "1.1", 404),
+            ("GET", "/healthz", "1.1", 200),
+        ]
+        for method, path, version, expected in cases:
+            raw = gwtest.raw_exchange("127.0.0.1", self.gw.port, (
+                "%s %s HTTP/%s\r\nHost: gw\r\nConnection: close\r\n\r\n"
+                % (method, path, version)).encode())
+            head, _, body = raw.partition(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            what = "%s %s HTTP/%s" % (method, path, version)
+            self.assertEqual(int(lines[0].split()[1]), expected, what)
+            names = [line.split(":", 1)[0].lower() for line in lines[1:]]
+            values = dict(line.split(": ", 1) for line in lines[1:])
+            self.assertEqual(names.count("date"), 1, what)
+            self.assertEqual(names.count("content-length"), 1, what)
+            when = email.utils.parsedate_to_datetime(values["Date"]).timestamp()
+            self.assertLess(abs(when - time.time()), 3, what)
+            self.assertRegex(values["Date"],
+                             r"^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|"
+                             r"Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT$", what)
+            length = int(values["Content-Length"])
+            self.assertEqual(len(body), 0 if method == "HEAD" else length, what)
+            self.assertGreater(length, 0, what)
 
     def test_age_and_max_age_add_up(self):
         export_id = fresh("states=COMPLETED")
