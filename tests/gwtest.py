@@ -49,11 +49,13 @@ def run(cmd, **kwargs):
 
 class TestCA:
     """A CA and a server certificate for 127.0.0.1/::1/localhost, made now by
-    certs/make-dev-certs.sh (the one recipe) in directory/name."""
+    certs/make-dev-certs.sh (the one recipe) in directory/name. The script is
+    looked up in top_srcdir, by default $TOP_SRCDIR or the current directory."""
 
-    def __init__(self, directory, name="ca"):
+    def __init__(self, directory, name="ca", top_srcdir=None):
         self.dir = os.path.join(directory, name)
-        script = os.path.join(os.environ.get("TOP_SRCDIR", "."), "certs", "make-dev-certs.sh")
+        top = top_srcdir or os.environ.get("TOP_SRCDIR", ".")
+        script = os.path.join(top, "certs", "make-dev-certs.sh")
         run(["sh", script, self.dir], env=dict(os.environ, OPENSSL=OPENSSL))
         self.ca_key = os.path.join(self.dir, "ca.key")
         self.ca_cert = os.path.join(self.dir, "ca.crt")
@@ -65,12 +67,13 @@ class TestCA:
 
 
 class Fake:
-    """The fake Gumloop upstream (tests/fake/server.c), a real HTTPS server."""
+    """The fake Gumloop upstream (tests/fake/server.c), a real HTTPS server.
+    binary: the program to run (default: $FAKE_UPSTREAM_BIN)."""
 
-    def __init__(self, ca, directory, credentials, name="fake"):
+    def __init__(self, ca, directory, credentials, name="fake", binary=None):
         self.ca = ca
         port_file = os.path.join(directory, name + ".port")
-        cmd = [FAKE_BIN, "--listen", "127.0.0.1:0", "--cert", ca.cert, "--key", ca.key,
+        cmd = [binary or FAKE_BIN, "--listen", "127.0.0.1:0", "--cert", ca.cert, "--key", ca.key,
                "--port-file", port_file]
         for kind, key, user_id in credentials:
             cmd += ["--credential", "%s:%s:%s" % (kind, key, user_id)]
@@ -149,10 +152,11 @@ def ini(settings, sections=()):
 
 
 class Gateway:
-    """The built daemon, started on a config file; stderr captured to a file."""
+    """The built daemon, started on a config file; stderr captured to a file.
+    binary: the program to run (default: $GATEWAY_BIN)."""
 
     def __init__(self, directory, config_text, name="gateway", env=None, wait=True,
-                 host="127.0.0.1", port=None, preexec_fn=None):
+                 host="127.0.0.1", port=None, preexec_fn=None, binary=None):
         self.dir = directory
         self.conf = os.path.join(directory, name + ".conf")
         self.log_path = os.path.join(directory, name + ".log")
@@ -162,7 +166,7 @@ class Gateway:
         self.log = open(self.log_path, "a")
         environment = dict(os.environ)
         environment.update(env or {})
-        self.proc = subprocess.Popen(GATEWAY_WRAPPER + [GATEWAY_BIN, "-c", self.conf],
+        self.proc = subprocess.Popen(GATEWAY_WRAPPER + [binary or GATEWAY_BIN, "-c", self.conf],
                                      stdout=self.log, stderr=self.log, env=environment,
                                      preexec_fn=preexec_fn)
         if wait:
