@@ -59,6 +59,14 @@ void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon
 		    int restore_timeouts);
 
 /*
+ * From a request's dispatch to its end (capped 1, then 0): what the client
+ * sends meanwhile is buffered up to a bound, then no longer read, since evhttp
+ * keeps reading while it writes an answer (to see a close) and nobody takes
+ * those bytes.
+ */
+void listeners_cap_input(struct evhttp_connection *evcon, int capped);
+
+/*
  * evcon will be closed by us (after an error answer, or a cut download): when
  * it is, its socket is shut down for writing and the client's unread bytes are
  * read and dropped until it closes, so the kernel does not reset the answer.

@@ -158,6 +158,8 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	download_release(ex);
 	relay_free(ex->relay);
 	ex->relay = NULL;
+	if (ex->connection != NULL)
+		listeners_cap_input(ex->connection, 0);
 	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
 		listeners_idle(server->listeners, ex->connection, restore_timeouts);
@@ -444,6 +446,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
 	remember_peer(ex);
+	listeners_cap_input(ex->connection, 1);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
 	handle_request(ex);
 }

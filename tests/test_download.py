@@ -294,6 +294,39 @@ class TestBackpressure(DownloadCase):
             self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
         self.assertEqual((complete, len(body)), (True, size))
 
+    def test_client_sending_while_its_status_call_waits_is_not_buffered(self):
+        # The same bound while a status call waits for upstream (held, nothing
+        # written yet). Today evhttp does not read while a handler holds its request
+        # (the kernel's buffers are the bound), and the input cap is on as well;
+        # this keeps it so when held requests (wait=) and the client watch change.
+        pid = self.gw.proc.pid
+        export_id = fresh("states=IN_PROGRESS;delay=1500")
+        sock = socket.create_connection(("127.0.0.1", self.gw.port))
+        sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % q(export_id)).encode())
+        time.sleep(0.2)
+        baseline = rss_kib(pid)
+        sock.setblocking(False)
+        junk = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2048
+        sent = 0
+        deadline = time.monotonic() + 1  # the upstream answers after 1.5 s
+        while time.monotonic() < deadline and sent < 512 * MIB:
+            try:
+                sent += sock.send(junk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        grown = rss_kib(pid) - baseline
+        sock.setblocking(True)
+        sock.settimeout(10)
+        resp = RawResponse(sock)
+        body, complete = resp.read_all()
+        sock.close()
+        self.assertEqual(resp.status, 200)
+        self.assertTrue(complete)
+        self.assertEqual(json.loads(body)["state"], "IN_PROGRESS")
+        self.assertLess(sent, 32 * MIB)
+        if not gwtest.GATEWAY_WRAPPER:
+            self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
+
     def test_long_download_not_cut_by_client_timeout_while_bytes_flow(self):
         export_id = fresh("csv=1m;throttle=200000")  # ~5 s, client_timeout is 2 s
         sock, resp = raw_get(self.gw.port, q(export_id, download="true"))
