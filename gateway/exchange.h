@@ -101,7 +101,7 @@ struct exchange {
 	long upstream_status;
 	const char *cache_result; /* X-Cache value, NULL when none */
 	struct sockaddr_storage peer;
-	char method[8];
+	const char *method; /* a static name ("GET"), for the access log */
 	char path[96];
 	char export_id[QUERY_MAX_ID_BYTES + 1];
 	char client[64];

@@ -444,7 +444,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->head = method == EVHTTP_REQ_HEAD;
 	ex->http10 = req->major == 1 && req->minor == 0;
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
-	snprintf(ex->method, sizeof(ex->method), "%s", method_name(method));
+	ex->method = method_name(method);
 	remember_peer(ex);
 	listeners_cap_input(ex->connection, 1);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
