@@ -97,14 +97,6 @@ static long ca_cache_seconds(int64_t conf_age_ms)
 	return since < GUMLOOP_CA_CACHE_SECONDS ? (long)since : GUMLOOP_CA_CACHE_SECONDS;
 }
 
-#define SETOPT(easy, option, value)                                                                \
-	do {                                                                                       \
-		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {                           \
-			log_error("%s: curl_easy_setopt(%s) failed", __func__, #option);           \
-			goto fail;                                                                 \
-		}                                                                                  \
-	} while (0)
-
 int gumloop_configure(CURL *easy, const struct gumloop_request *request,
 		      struct curl_slist **headers)
 {

@@ -34,6 +34,15 @@ struct gumloop_request {
 MUST_CHECK int gumloop_configure(CURL *easy, const struct gumloop_request *request,
 				 struct curl_slist **headers);
 
+/* For gumloop.c and upstream.c: sets a libcurl option, or logs which and goes to fail. */
+#define SETOPT(easy, option, value)                                                                \
+	do {                                                                                       \
+		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {                           \
+			log_error("%s: curl_easy_setopt(%s) failed", __func__, #option);           \
+			goto fail;                                                                 \
+		}                                                                                  \
+	} while (0)
+
 /* Wipes every header line, then frees the list. NULL is allowed. */
 void gumloop_headers_free(struct curl_slist *headers);
 

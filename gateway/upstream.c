@@ -473,14 +473,6 @@ void upstream_resume(struct upstream_call *call)
 		log_error("%s: curl_easy_pause: %s", __func__, curl_easy_strerror(rc));
 }
 
-#define SETOPT(easy, option, value)                                                                \
-	do {                                                                                       \
-		if (curl_easy_setopt(easy, option, value) != CURLE_OK) {                           \
-			log_error("%s: curl_easy_setopt(%s) failed", __func__, #option);           \
-			goto fail;                                                                 \
-		}                                                                                  \
-	} while (0)
-
 /* The call's own options: its callbacks, and the pool it runs in. */
 static int call_configure(struct upstream_call *call, const struct gumloop_request *request)
 {

@@ -234,6 +234,22 @@ class TestClientGone(DownloadCase):
                  what="the fake to see its connection closed")
 
 
+def push_pipelined(sock, seconds):
+    """Sends pipelined /healthz requests for seconds (or 512 MiB) without reading;
+    returns the bytes the kernel took."""
+    sock.setblocking(False)
+    junk = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2048
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and sent < 512 * MIB:
+        try:
+            sent += sock.send(junk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    sock.setblocking(True)
+    return sent
+
+
 class TestBackpressure(DownloadCase):
     overrides = {"client_timeout": "2s", "upstream_idle_timeout": "10s"}
     # In the ASan build, freed memory waits in a quarantine and would show as RSS.
@@ -276,17 +292,9 @@ class TestBackpressure(DownloadCase):
         resp = RawResponse(sock)
         self.assertEqual(resp.status, 200)
         baseline = rss_kib(pid)
-        sock.setblocking(False)
-        junk = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2048
-        sent = 0
-        deadline = time.monotonic() + 1  # client_timeout (2 s) drops a client that stops reading
-        while time.monotonic() < deadline and sent < 512 * MIB:
-            try:
-                sent += sock.send(junk)
-            except BlockingIOError:
-                time.sleep(0.01)
+        # client_timeout (2 s) drops a client that stops reading
+        sent = push_pipelined(sock, seconds=1)
         grown = rss_kib(pid) - baseline
-        sock.setblocking(True)
         body, complete = resp.read_all()
         sock.close()
         self.assertLess(sent, 32 * MIB)
@@ -305,17 +313,8 @@ class TestBackpressure(DownloadCase):
         sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % q(export_id)).encode())
         time.sleep(0.2)
         baseline = rss_kib(pid)
-        sock.setblocking(False)
-        junk = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2048
-        sent = 0
-        deadline = time.monotonic() + 1  # the upstream answers after 1.5 s
-        while time.monotonic() < deadline and sent < 512 * MIB:
-            try:
-                sent += sock.send(junk)
-            except BlockingIOError:
-                time.sleep(0.01)
+        sent = push_pipelined(sock, seconds=1)  # the upstream answers after 1.5 s
         grown = rss_kib(pid) - baseline
-        sock.setblocking(True)
         sock.settimeout(10)
         resp = RawResponse(sock)
         body, complete = resp.read_all()
