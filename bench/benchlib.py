@@ -637,7 +637,10 @@ def pct(cpu, seconds):
 
 
 def median(values):
-    v = sorted(values)
+    """The median, leaving out runs without a figure (None); None when none has one."""
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 

@@ -134,11 +134,6 @@ def verify_floor(floor, hit_headers, hit_body):
 
 # --- the scenario ------------------------------------------------------------
 
-def median_of(values):
-    """The median of the values wrk reported (a run without a figure is left out)."""
-    known = [v for v in values if v is not None]
-    return median(known) if known else None
-
 
 def run(bench, args, nofile):
     report = Report("cache")
@@ -178,7 +173,7 @@ def run(bench, args, nofile):
             time.sleep(1)
     warm = {}
     for name, results in runs.items():
-        warm[name] = {key: median_of([r[key] for r in results])
+        warm[name] = {key: median([r[key] for r in results])
                       for key in ("rps", "p50", "p99", "cpu_pct")}
         warm[name]["calls"] = sum(r["calls"] for r in results)
     base = warm["nginx"]["rps"] or float("nan")

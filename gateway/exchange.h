@@ -110,7 +110,7 @@ struct exchange {
 
 /* server.c: replies. Each sets ex->status; ex moves to EXCHANGE_REPLIED. */
 
-/* A whole reply; body may be NULL, and is drained (moved into the reply). */
+/* A whole reply; body (may be NULL) stays the caller's, emptied unless for HEAD. */
 void exchange_reply(struct exchange *ex, int status, const char *content_type,
 		    struct evbuffer *body);
 /* A whole reply of length bytes at data (copied). */

@@ -74,7 +74,7 @@ const char *http_date_now(struct http_date *date)
 {
 	time_t now = time(NULL);
 
-	if (now != date->second || date->text[0] == '\0') {
+	if (now != date->second) {
 		if (http_date_format(now, date->text) < 0)
 			memcpy(date->text, "Thu, 01 Jan 1970 00:00:00 GMT", HTTP_DATE_SIZE);
 		date->second = now;

@@ -27,7 +27,7 @@ char *http_text_prefixed_i64(char *out, size_t size, const char *prefix, int64_t
 int http_date_format(time_t t, char *out);
 
 struct http_date {
-	time_t second; /* of text; 0 before the first call */
+	time_t second; /* of text; 0 (1970) before the first call */
 	char text[HTTP_DATE_SIZE];
 };
 

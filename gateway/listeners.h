@@ -62,7 +62,7 @@ void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon
  * From a request's dispatch to its end (capped 1, then 0): what the client
  * sends meanwhile is buffered up to a bound, then no longer read, since evhttp
  * keeps reading while it writes an answer (to see a close) and nobody takes
- * those bytes.
+ * those bytes. evcon may be NULL (gone).
  */
 void listeners_cap_input(struct evhttp_connection *evcon, int capped);
 

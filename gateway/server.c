@@ -158,8 +158,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	download_release(ex);
 	relay_free(ex->relay);
 	ex->relay = NULL;
-	if (ex->connection != NULL)
-		listeners_cap_input(ex->connection, 0);
+	listeners_cap_input(ex->connection, 0);
 	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
 		listeners_idle(server->listeners, ex->connection, restore_timeouts);
