@@ -17,30 +17,32 @@
  */
 static long percent_decode(const char *src, size_t len, char *out, size_t cap)
 {
-	size_t in = 0, n = 0;
+	const char *end = src + len;
+	size_t n = 0;
 
-	while (in < len) {
-		unsigned char c = (unsigned char)src[in];
+	/* Runs between escapes are copied whole: src is part of a C string, so only
+	 * an escape can make a NUL. */
+	while (src < end) {
+		const char *escape = memchr(src, '%', (size_t)(end - src));
+		size_t run = (size_t)((escape != NULL ? escape : end) - src);
+		int high, low;
 
-		if (c == '%') {
-			int high, low;
-
-			if (in + 2 >= len)
-				return -1;
-			high = hex_digit(src[in + 1]);
-			low = hex_digit(src[in + 2]);
-			if (high < 0 || low < 0)
-				return -1;
-			c = (unsigned char)(high * 16 + low);
-			in += 3;
-		} else {
-			in++;
-		}
-		if (c == '\0')
+		if (n + run >= cap)
+			return -2;
+		memcpy(out + n, src, run);
+		n += run;
+		if (escape == NULL)
+			break;
+		if (end - escape < 3)
+			return -1;
+		high = hex_digit(escape[1]);
+		low = hex_digit(escape[2]);
+		if (high < 0 || low < 0 || (high | low) == 0)
 			return -1;
 		if (n + 1 >= cap)
 			return -2;
-		out[n++] = (char)c;
+		out[n++] = (char)(high * 16 + low);
+		src = escape + 3;
 	}
 	out[n] = '\0';
 	return (long)n;
