@@ -81,10 +81,15 @@ static int64_t now_ms(void)
 	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
-static char *make_key(const char *user_id, const char *export_id)
+/* Room for a key on the stack: user ids and export ids are short in practice. */
+#define KEY_BUF_SIZE 192
+
+/* user_id US export_id: in buf when it fits, else allocated (key_free frees it). */
+static char *make_key(char *buf, size_t cap, const char *user_id, const char *export_id)
 {
 	size_t user_length = strlen(user_id), id_length = strlen(export_id);
-	char *key = malloc(user_length + id_length + 2);
+	size_t size = user_length + id_length + 2;
+	char *key = size <= cap ? buf : malloc(size);
 
 	if (key == NULL)
 		return NULL;
@@ -92,6 +97,12 @@ static char *make_key(const char *user_id, const char *export_id)
 	key[user_length] = '\x1f';
 	memcpy(key + user_length + 1, export_id, id_length + 1);
 	return key;
+}
+
+static void key_free(char *key, const char *buf)
+{
+	if (key != buf)
+		free(key);
 }
 
 /* Entries and the LRU list. */
@@ -194,6 +205,7 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 	struct answer answer = { 0 };
 	char state_text[ANSWER_STATE_MAX];
 	const char *state = NULL, *why;
+	char key_buf[KEY_BUF_SIZE];
 	char *key;
 	int stored;
 
@@ -208,7 +220,7 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 	answer.body_length = length;
 	answer.content_type = strdup(content_type ? content_type : "application/json");
 	answer.body = malloc(length + 1);
-	key = make_key(user_id, export_id);
+	key = make_key(key_buf, sizeof(key_buf), user_id, export_id);
 	if (answer.content_type != NULL && answer.body != NULL && key != NULL) {
 		memcpy(answer.body, body, length);
 		answer.body[length] = '\0';
@@ -216,7 +228,7 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 	} else {
 		stored = -1;
 	}
-	free(key);
+	key_free(key, key_buf);
 	answer_clear(&answer);
 	return stored;
 }
@@ -239,14 +251,15 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
 int cache_lookup(struct cache *cache, const struct conf_credential *credential,
 		 const struct query *q, struct cache_answer *answer)
 {
-	char *key = make_key(credential->user_id, q->data_export_id);
+	char key_buf[KEY_BUF_SIZE];
+	char *key = make_key(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
 	struct cache_entry *entry;
 	int64_t now = now_ms();
 
 	if (key == NULL)
 		return 0;
 	entry = entry_find(cache, key);
-	free(key);
+	key_free(key, key_buf);
 	if (entry == NULL || now >= entry->expires_ms)
 		return 0;
 	/* A download can only be refused from the cache: upstream would say the same. */
@@ -350,7 +363,8 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 		  const char *credential, const struct upstream_result *result,
 		  cache_answer_cb done, void *arg)
 {
-	char *key = make_key(user_id, export_id);
+	char key_buf[KEY_BUF_SIZE];
+	char *key = make_key(key_buf, sizeof(key_buf), user_id, export_id);
 	struct cache_answer answer = { 0 };
 
 	if (key == NULL) {
@@ -366,7 +380,7 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 		return;
 	}
 	settle(cache, key, credential, result, done, arg);
-	free(key);
+	key_free(key, key_buf);
 }
 
 static void deliver(const struct cache_answer *answer, void *arg)
@@ -411,7 +425,8 @@ static struct flight *flight_start(struct cache *cache, const char *key,
 struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credential *credential,
 				const struct query *q, cache_answer_cb done, void *arg)
 {
-	char *key = make_key(credential->user_id, q->data_export_id);
+	char key_buf[KEY_BUF_SIZE];
+	char *key = make_key(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
 	struct flight *flight = NULL;
 	struct cache_waiter *waiter = calloc(1, sizeof(*waiter));
 
@@ -424,7 +439,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 			goto fail;
 		waiter->leader = 1;
 	}
-	free(key);
+	key_free(key, key_buf);
 	waiter->flight = flight;
 	waiter->done = done;
 	waiter->arg = arg;
@@ -432,7 +447,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 	return waiter;
 fail:
 	log_error("%s: cannot start an upstream call", __func__);
-	free(key);
+	key_free(key, key_buf);
 	free(waiter);
 	return NULL;
 }

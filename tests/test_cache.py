@@ -69,6 +69,18 @@ class TestCacheHeadersAndTtl(CacheCase):
         self.assertEqual((status, third["x-cache"]), (200, "MISS"))
         self.assertEqual(self.calls(export_id), 2)
 
+    def test_longest_export_id_is_cached_like_a_short_one(self):
+        # Cache keys are user id + export id: short ones live on the stack, this
+        # one (the longest the gateway takes) is allocated; both must match.
+        export_id = fresh("states=IN_PROGRESS")
+        export_id = export_id.replace(";", "x" * (256 - len(export_id)) + ";", 1)
+        self.assertEqual(len(export_id), 256)
+        status, first, body = self.get(q(export_id))
+        self.assertEqual((status, first["x-cache"]), (200, "MISS"))
+        status, second, body2 = self.get(q(export_id))
+        self.assertEqual((status, second["x-cache"], body2), (200, "HIT", body))
+        self.assertEqual(self.calls(export_id), 1)
+
     def test_every_reply_has_one_date_and_one_content_length(self):
         """The gateway writes Date (made once a second) and Content-Length itself;
         libevent must not add a second of either, for 1.1 or 1.0, hit or not."""
