@@ -53,12 +53,14 @@ struct server {
 	void (*drained)(void *arg);
 	void *drained_arg;
 	struct event *drain_check;
-	struct http_date date; /* the Date header, made once a second */
+	struct http_date date;	      /* the Date header, made once a second */
+	struct exchange *dispatching; /* in on_request's turn; NULL once closed */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
 struct connection {
 	struct exchange *exchange; /* the request being answered, NULL between them */
+	struct listeners_connection *handle;
 };
 
 enum exchange_state {
@@ -82,6 +84,7 @@ struct exchange {
 	int must_close;		     /* the bytes after this request cannot be trusted */
 	int http10;		     /* an HTTP/1.0 client: no chunked framing */
 	int head;		     /* HEAD: the reply has no body */
+	int input_capped;	     /* listeners_cap_input is on */
 	enum evhttp_cmd_type method_type;
 	const char *end_note; /* why it ended, when not the usual way */
 	/* watch.c */
@@ -100,9 +103,12 @@ struct exchange {
 	size_t bytes;
 	long upstream_status;
 	const char *cache_result; /* X-Cache value, NULL when none */
+	const char *method;	  /* a static name ("GET"), for the access log */
+	/*
+	 * Kept only while the access log is on (exchange_log_field), and not zeroed
+	 * with the rest (two thirds of the struct): empty strings and AF_UNSPEC.
+	 */
 	struct sockaddr_storage peer;
-	const char *method; /* a static name ("GET"), for the access log */
-	char path[96];
 	char export_id[QUERY_MAX_ID_BYTES + 1];
 	char client[64];
 	char credential[64];
@@ -125,8 +131,11 @@ void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answe
  * socket lingers for what the client still sends).
  */
 void exchange_close_after_reply(struct exchange *ex);
-/* Copies client-controlled text for the log: printable ASCII, the rest as '?'. */
-void exchange_copy_printable(char *out, size_t cap, const char *in);
+/*
+ * Keeps text for the access log in field (one of ex's), as printable ASCII with
+ * the rest as '?' (it may be the client's); nothing when the log is off.
+ */
+void exchange_log_field(struct exchange *ex, char *field, size_t cap, const char *text);
 
 /* export_status.c: GET|HEAD /export_status, checks passed. */
 void export_status_handle(struct exchange *ex);

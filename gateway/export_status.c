@@ -58,8 +58,7 @@ static int authenticate(struct exchange *ex, int *client)
 						   : "a bearer token is required");
 		return -1;
 	}
-	exchange_copy_printable(ex->client, sizeof(ex->client),
-				server->conf->clients[*client].name);
+	exchange_log_field(ex, ex->client, sizeof(ex->client), server->conf->clients[*client].name);
 	return 0;
 }
 
@@ -93,7 +92,7 @@ void export_status_handle(struct exchange *ex)
 		exchange_reply_error(ex, 400, "bad_request", message);
 		return;
 	}
-	exchange_copy_printable(ex->export_id, sizeof(ex->export_id), q.data_export_id);
+	exchange_log_field(ex, ex->export_id, sizeof(ex->export_id), q.data_export_id);
 	index = auth_credential(server->auth, client, q.has_user_id ? q.user_id : NULL);
 	if (index < 0) {
 		exchange_reply_error(ex, 403, "forbidden",
@@ -101,7 +100,7 @@ void export_status_handle(struct exchange *ex)
 		return;
 	}
 	credential = &server->conf->credentials[index];
-	exchange_copy_printable(ex->credential, sizeof(ex->credential), credential->name);
+	exchange_log_field(ex, ex->credential, sizeof(ex->credential), credential->name);
 	if (cache_lookup(server->cache, credential, &q, &answer)) {
 		exchange_reply_answer(ex, &answer);
 		return;

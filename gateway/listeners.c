@@ -11,9 +11,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -22,11 +24,28 @@
 #include <openssl/ssl.h>
 
 #include "conf.h"
+
+/*
+ * The only table here is keyed by connection pointers, which no client picks:
+ * a multiplicative (Fibonacci) hash of the pointer does, in a few instructions
+ * where uthash's default would put its byte-wise Jenkins hash inline into every
+ * lookup on the request path.
+ */
+#define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = pointer_hash(keyptr))
+
 #include "hash.h"
 #include "linger.h"
 #include "log.h"
 #include "metrics.h"
 #include "tls.h"
+
+static inline unsigned pointer_hash(const void *key)
+{
+	uintptr_t pointer;
+
+	memcpy(&pointer, key, sizeof(pointer));
+	return (unsigned)(((uint64_t)pointer * UINT64_C(0x9E3779B97F4A7C15)) >> 32);
+}
 
 /* evhttp's own hard cap on request line and headers, above the server's 8/16 KiB. */
 #define LISTENERS_EVHTTP_MAX_HEADERS (64 * 1024)
@@ -54,11 +73,13 @@ struct listener {
 	int tls;
 };
 
-struct tracked {
+struct listeners_connection {
 	struct evhttp_connection *evcon; /* hash key */
 	struct listeners *listeners;
 	void *context;
 	struct event *deadline; /* the next request must be in by then */
+	int busy;		/* a request is being answered: no deadline */
+	int64_t idle_since_ms;	/* CLOCK_MONOTONIC_COARSE, when it last went idle */
 	int linger;		/* we close it after an error: drain what the client sends */
 	UT_hash_handle hh;
 };
@@ -76,14 +97,15 @@ struct listeners {
 	SSL_CTX *tls_context;
 	struct listener *set;
 	size_t set_count;
-	struct tracked *connections;
+	struct listeners_connection *connections;
 	size_t open; /* accepted and not yet closed, adopted or not */
 	struct adoption *adopting;
 	size_t adopting_count, adopting_cap;
 	struct event *adopt;
 	struct event *accept_retry;
-	struct linger_set *lingering; /* sockets closed after an error, drained */
-	struct timeval request_timeout;
+	struct linger_set *lingering;	/* sockets closed after an error, drained */
+	struct timeval request_timeout; /* client_timeout, a common timeout of the base */
+	int64_t request_timeout_ms;
 	size_t max_connections;
 	int accept_failed; /* EMFILE and the like: paused until accept_retry */
 	int accepting;
@@ -161,7 +183,7 @@ static void connection_gone(struct listeners *listeners)
 
 static void on_close(struct evhttp_connection *evcon, void *arg)
 {
-	struct tracked *tracked = arg;
+	struct listeners_connection *tracked = arg;
 	struct listeners *listeners = tracked->listeners;
 
 	if (tracked->linger && !listeners->closed) {
@@ -176,25 +198,54 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	connection_gone(listeners);
 }
 
-/* No complete request in client_timeout (a slowloris, or a silent client). */
+static int64_t coarse_now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+/*
+ * No complete request in client_timeout (a slowloris, or a silent client).
+ * The deadline is lazy, as libev's documentation advises for timeouts reset
+ * on every request: a request does not take the timer off, and the end of one
+ * arms it only when it is not armed already; so when it fires, the connection
+ * may be busy (nothing to do: its next idle arms it again) or have gone idle
+ * later than the timer thinks (armed again for what is left).
+ */
 static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
-	struct tracked *tracked = arg;
+	struct listeners_connection *tracked = arg;
+	struct listeners *listeners = tracked->listeners;
+	int64_t left_ms = tracked->idle_since_ms + listeners->request_timeout_ms - coarse_now_ms();
 
 	(void)fd;
 	(void)what;
+	if (tracked->busy)
+		return;
+	if (left_ms > 0) {
+		struct timeval left = { .tv_sec = left_ms / 1000,
+					.tv_usec = (left_ms % 1000) * 1000 };
+
+		if (evtimer_add(tracked->deadline, &left) == 0)
+			return;
+		log_warn("%s: cannot arm the request deadline", __func__);
+	}
 	log_debug("a connection sent no complete request within client_timeout: closed");
 	evhttp_connection_free(tracked->evcon);
 }
 
-static struct tracked *track(struct listeners *listeners, struct evhttp_connection *evcon)
+static struct listeners_connection *track(struct listeners *listeners,
+					  struct evhttp_connection *evcon)
 {
-	struct tracked *tracked = calloc(1, sizeof(*tracked));
+	struct listeners_connection *tracked = calloc(1, sizeof(*tracked));
 
 	if (tracked == NULL)
 		return NULL;
 	tracked->evcon = evcon;
 	tracked->listeners = listeners;
+	tracked->idle_since_ms = coarse_now_ms();
 	tracked->deadline = evtimer_new(listeners->base, on_deadline, tracked);
 	if (tracked->deadline == NULL ||
 	    evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
@@ -203,7 +254,7 @@ static struct tracked *track(struct listeners *listeners, struct evhttp_connecti
 	HASH_ADD_PTR(listeners->connections, evcon, tracked);
 	if (hash_add_failed)
 		goto fail;
-	tracked->context = listeners->callbacks.opened(evcon, listeners->arg);
+	tracked->context = listeners->callbacks.opened(evcon, tracked, listeners->arg);
 	evhttp_connection_set_closecb(evcon, on_close, tracked);
 	return tracked;
 fail:
@@ -214,13 +265,27 @@ fail:
 }
 
 /*
+ * A connection's only socket timeout is for writing: an answer the client does
+ * not take within client_timeout closes it. Reading needs none, the request
+ * deadline is stricter (a whole request within client_timeout of going idle),
+ * and a read timeout would cost a re-arm of the read event on every read.
+ */
+static void set_write_timeout(struct listeners *listeners, struct bufferevent *bev)
+{
+	if (bev != NULL && bufferevent_set_timeouts(bev, NULL, &listeners->request_timeout) < 0)
+		log_warn("%s: cannot set a connection's write timeout", __func__);
+}
+
+/*
  * Small answers go out now, not after the peer's ACK (TCP_NODELAY); a download's
  * queue goes out in large writes, not libevent's default 16 KiB at a time.
  */
-static void tune_socket(struct bufferevent *bev)
+static void tune_socket(struct listeners *listeners, struct bufferevent *bev)
 {
 	evutil_socket_t fd = bufferevent_getfd(bev);
 	int on = 1;
+
+	set_write_timeout(listeners, bev);
 
 	if (fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
 		log_debug("TCP_NODELAY: %s", strerror(errno));
@@ -229,10 +294,14 @@ static void tune_socket(struct bufferevent *bev)
 }
 
 /*
- * The cap is on only while a request is answered: while evhttp parses one it
- * bounds what it reads itself (header and body limits), and a watermark then
- * would cost an event_add for every line it takes from the input (libevent
- * re-arms the read event on each drain below the mark: 9% of a cache hit).
+ * The cap is on only while a request is answered later than the turn it came
+ * in: while evhttp parses one it bounds what it reads itself (header and body
+ * limits), and a watermark then would cost an event_add for every line it takes
+ * from the input (libevent re-arms the read event on each drain below the
+ * mark: 9% of a cache hit). Setting and clearing it costs two re-arms, so an
+ * answer given at once (a hit) is bounded by listeners_pause_input instead:
+ * evhttp would read while it writes it, and tests/test_download.py pipelines
+ * against a client that never reads its answers.
  */
 void listeners_cap_input(struct evhttp_connection *evcon, int capped)
 {
@@ -240,6 +309,14 @@ void listeners_cap_input(struct evhttp_connection *evcon, int capped)
 
 	if (bev != NULL)
 		bufferevent_setwatermark(bev, EV_READ, 0, capped ? LISTENERS_MAX_INPUT : 0);
+}
+
+void listeners_pause_input(struct evhttp_connection *evcon)
+{
+	struct bufferevent *bev = evcon != NULL ? evhttp_connection_get_bufferevent(evcon) : NULL;
+
+	if (bev != NULL && bufferevent_disable(bev, EV_READ) < 0)
+		log_warn("%s: cannot stop reading a connection", __func__);
 }
 
 static void on_adopt(evutil_socket_t fd, short what, void *arg)
@@ -262,7 +339,7 @@ static void on_adopt(evutil_socket_t fd, short what, void *arg)
 			connection_gone(listeners);
 			evhttp_connection_free(evcon);
 		} else {
-			tune_socket(adoption->bev);
+			tune_socket(listeners, adoption->bev);
 		}
 		bufferevent_decref(adoption->bev);
 	}
@@ -315,15 +392,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 {
 	struct listeners *listeners = arg;
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	struct tracked *tracked = NULL;
+	struct listeners_connection *tracked = NULL;
 
 	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
 	if (tracked == NULL) {
 		listeners->callbacks.unserved(req, listeners->arg);
 		return;
 	}
-	event_del(tracked->deadline);
-	listeners->callbacks.request(req, listeners->arg);
+	tracked->busy = 1;
+	listeners->callbacks.request(req, tracked->context, listeners->arg);
 }
 
 static int http_setup(struct listeners *listeners, struct evhttp *http,
@@ -473,6 +550,20 @@ static int wants_tls(const struct conf *conf)
 	return 0;
 }
 
+/*
+ * client_timeout as one of libevent's common timeouts: every connection's
+ * deadline and socket timeouts have the same duration, so they go on one queue
+ * in expiry order, and arming one (once per request, three times) is an append
+ * instead of a walk of the timer heap. A base has room for 256 durations; past
+ * that (256 reloads with a new client_timeout) the plain timeval does the job.
+ */
+static struct timeval request_timeout(struct event_base *base, const struct timeval *timeout)
+{
+	const struct timeval *common = event_base_init_common_timeout(base, timeout);
+
+	return common != NULL ? *common : *timeout;
+}
+
 int listeners_apply(struct listeners *listeners, const struct conf *conf)
 {
 	SSL_CTX *tls_context = NULL;
@@ -498,9 +589,8 @@ int listeners_apply(struct listeners *listeners, const struct conf *conf)
 	/* connections accepted earlier keep their own reference to the old context */
 	SSL_CTX_free(listeners->tls_context);
 	listeners->tls_context = tls_context;
-	listeners->request_timeout = timeout;
-	evhttp_set_timeout_tv(listeners->http, &timeout);
-	evhttp_set_timeout_tv(listeners->https, &timeout);
+	listeners->request_timeout = request_timeout(listeners->base, &timeout);
+	listeners->request_timeout_ms = conf->client_timeout_ms;
 	listeners->max_connections = (size_t)conf->max_connections;
 	update_accepting(listeners);
 	return 0;
@@ -514,29 +604,21 @@ void listeners_close(struct listeners *listeners)
 	listeners->closed = 1;
 }
 
-void *listeners_context(struct listeners *listeners, struct evhttp_connection *evcon)
-{
-	struct tracked *tracked = NULL;
-
-	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
-	return tracked ? tracked->context : NULL;
-}
-
-void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon,
+void listeners_idle(struct listeners *listeners, struct listeners_connection *tracked,
 		    int restore_timeouts)
 {
-	struct tracked *tracked = NULL;
-
-	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
-	if (tracked != NULL && evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
+	tracked->busy = 0;
+	tracked->idle_since_ms = coarse_now_ms();
+	if (!evtimer_pending(tracked->deadline, NULL) &&
+	    evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
 		log_warn("%s: cannot arm the request deadline", __func__);
 	if (restore_timeouts)
-		evhttp_connection_set_timeout_tv(evcon, &listeners->request_timeout);
+		set_write_timeout(listeners, evhttp_connection_get_bufferevent(tracked->evcon));
 }
 
 void listeners_linger(struct listeners *listeners, struct evhttp_connection *evcon)
 {
-	struct tracked *tracked = NULL;
+	struct listeners_connection *tracked = NULL;
 
 	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
 	if (tracked != NULL)

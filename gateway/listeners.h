@@ -17,15 +17,18 @@ struct evhttp_request;
 struct evhttp_connection;
 struct conf;
 struct listeners;
+struct listeners_connection; /* an open connection, as the listeners keep it */
 
 struct listeners_callbacks {
-	/* A complete request on an open connection. */
-	void (*request)(struct evhttp_request *req, void *arg);
+	/* A complete request on an open connection; context is opened's. */
+	void (*request)(struct evhttp_request *req, void *context, void *arg);
 	/* A request on a connection accepted without the gateway's bufferevent (out of
 	 * memory then): not watched or limited, so it is to be refused. */
 	void (*unserved)(struct evhttp_request *req, void *arg);
-	/* A connection was accepted; returns its context (NULL is allowed). */
-	void *(*opened)(struct evhttp_connection *evcon, void *arg);
+	/* A connection was accepted; returns its context (NULL is allowed). The
+	 * handle is for listeners_idle, valid until closed. */
+	void *(*opened)(struct evhttp_connection *evcon, struct listeners_connection *handle,
+			void *arg);
 	/* evhttp is freeing the connection; context is opened's. */
 	void (*closed)(struct evhttp_connection *evcon, void *context, void *arg);
 };
@@ -47,24 +50,28 @@ MUST_CHECK int listeners_apply(struct listeners *listeners, const struct conf *c
 /* Stops accepting for good (shutdown); open connections stay. */
 void listeners_close(struct listeners *listeners);
 
-/* The context of an open connection, as opened returned it; NULL if unknown. */
-void *listeners_context(struct listeners *listeners, struct evhttp_connection *evcon);
-
 /*
- * A request on evcon was answered and it stays open: its request deadline
- * restarts, and with restore_timeouts so do evhttp's read and write timeouts
+ * A request on handle's connection was answered and it stays open: its request deadline
+ * restarts, and with restore_timeouts so does the socket's write timeout
  * (the server turns them off while a download streams).
  */
-void listeners_idle(struct listeners *listeners, struct evhttp_connection *evcon,
+void listeners_idle(struct listeners *listeners, struct listeners_connection *handle,
 		    int restore_timeouts);
 
 /*
- * From a request's dispatch to its end (capped 1, then 0): what the client
- * sends meanwhile is buffered up to a bound, then no longer read, since evhttp
- * keeps reading while it writes an answer (to see a close) and nobody takes
- * those bytes. evcon may be NULL (gone).
+ * For a request not answered in its dispatch turn, from then to its end (capped
+ * 1, then 0): what the client sends meanwhile is buffered up to a bound, then
+ * no longer read, since evhttp keeps reading while it streams an answer (to see
+ * a close) and nobody takes those bytes. evcon may be NULL (gone).
  */
 void listeners_cap_input(struct evhttp_connection *evcon, int capped);
+
+/*
+ * For an answer given in the turn its request came: evcon is not read until
+ * evhttp has written it (evhttp reads again for the next request). One
+ * event_del, where the cap would cost two re-arms of the read event.
+ */
+void listeners_pause_input(struct evhttp_connection *evcon);
 
 /*
  * evcon will be closed by us (after an error answer, or a cut download): when

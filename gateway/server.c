@@ -10,6 +10,7 @@
 #include "exchange.h"
 
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,9 @@
 #include "query.h"
 #include "relay.h"
 #include "upstream.h"
+
+/* The request's path as the access log shows it, its NUL included. */
+#define LOG_PATH_MAX 96
 
 static const char *method_name(enum evhttp_cmd_type method)
 {
@@ -71,7 +75,7 @@ static double elapsed_ms(const struct timespec *start)
 	       (double)(now.tv_nsec - start->tv_nsec) / 1e6;
 }
 
-void exchange_copy_printable(char *out, size_t cap, const char *in)
+static void copy_printable(char *out, size_t cap, const char *in)
 {
 	size_t n = 0;
 
@@ -80,18 +84,24 @@ void exchange_copy_printable(char *out, size_t cap, const char *in)
 	out[n] = '\0';
 }
 
+void exchange_log_field(struct exchange *ex, char *field, size_t cap, const char *text)
+{
+	if (ex->server->access_log != NULL)
+		copy_printable(field, cap, text);
+}
+
 /* The request target as sent, up to its query: what the access log names. */
 static void copy_target_path(char *out, size_t cap, const char *target)
 {
 	size_t length = target != NULL ? strcspn(target, "?#") : 0;
-	char path[sizeof(((struct exchange *)NULL)->path)];
+	char path[LOG_PATH_MAX];
 
 	if (length >= sizeof(path))
 		length = sizeof(path) - 1;
 	if (target != NULL)
 		memcpy(path, target, length);
 	path[length] = '\0';
-	exchange_copy_printable(out, cap, path);
+	copy_printable(out, cap, path);
 }
 
 static void remember_peer(struct exchange *ex)
@@ -106,21 +116,26 @@ static void remember_peer(struct exchange *ex)
 
 static void access_log_write(const struct exchange *ex, const char *outcome)
 {
+	char path[LOG_PATH_MAX];
 	struct access_log_entry entry = {
 		.peer = &ex->peer,
 		.client = ex->client,
 		.credential = ex->credential,
 		.method = ex->method,
-		.path = ex->path,
+		.path = path,
 		.status = ex->status,
 		.bytes = ex->bytes,
-		.ms = elapsed_ms(&ex->start),
 		.cache = ex->cache_result,
 		.upstream_status = ex->upstream_status,
 		.export_id = ex->export_id,
 		.outcome = outcome,
 	};
 
+	if (ex->server->access_log == NULL)
+		return;
+	/* the request (and its target) lives until the exchange is freed */
+	copy_target_path(path, sizeof(path), evhttp_request_get_uri(ex->req));
+	entry.ms = elapsed_ms(&ex->start);
 	access_log_request(ex->server->access_log, &entry);
 }
 
@@ -147,6 +162,8 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 
 		ex->bytes = (size_t)(handed > queued ? handed - queued : 0);
 	}
+	if (server->dispatching == ex)
+		server->dispatching = NULL;
 	access_log_write(ex, outcome);
 	metrics_request(ex->route, ex->status);
 	watch_client_stop(ex);
@@ -158,10 +175,11 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	download_release(ex);
 	relay_free(ex->relay);
 	ex->relay = NULL;
-	listeners_cap_input(ex->connection, 0);
+	if (ex->input_capped)
+		listeners_cap_input(ex->connection, 0);
 	if (ex->owner != NULL) {
 		ex->owner->exchange = NULL;
-		listeners_idle(server->listeners, ex->connection, restore_timeouts);
+		listeners_idle(server->listeners, ex->owner->handle, restore_timeouts);
 	}
 	evhttp_request_set_on_complete_cb(ex->req, NULL, NULL);
 	/* libevent lets go of a request whose client left before its reply ended */
@@ -179,11 +197,16 @@ static void on_complete(struct evhttp_request *req, void *arg)
 	exchange_close(arg, NULL);
 }
 
-static void *on_connection_opened(struct evhttp_connection *evcon, void *arg)
+static void *on_connection_opened(struct evhttp_connection *evcon,
+				  struct listeners_connection *handle, void *arg)
 {
+	struct connection *connection = calloc(1, sizeof(*connection));
+
 	(void)evcon;
 	(void)arg;
-	return calloc(1, sizeof(struct connection)); /* NULL: served, just not tracked */
+	if (connection != NULL) /* NULL: served, just not tracked */
+		connection->handle = handle;
+	return connection;
 }
 
 /* The client connection is being freed, maybe in the middle of a request. */
@@ -233,6 +256,7 @@ void exchange_close_after_reply(struct exchange *ex)
  */
 static void send_reply(struct exchange *ex, int status, const char *content_type, size_t length)
 {
+	struct server *server = ex->server;
 	struct evkeyvalq *headers = evhttp_request_get_output_headers(ex->req);
 	char length_text[HTTP_TEXT_U64_SIZE];
 
@@ -248,6 +272,9 @@ static void send_reply(struct exchange *ex, int status, const char *content_type
 	if (ex->server->draining || ex->must_close)
 		exchange_close_after_reply(ex);
 	evhttp_send_reply(ex->req, status, NULL, NULL);
+	/* answered in its dispatch turn (and not closed already by a TLS write) */
+	if (server->dispatching == ex)
+		listeners_pause_input(ex->connection);
 }
 
 void exchange_reply(struct exchange *ex, int status, const char *content_type,
@@ -388,7 +415,6 @@ static void handle_request(struct exchange *ex)
 
 	ex->route = checks_route(&head);
 	ex->must_close = checks_must_close(&head);
-	copy_target_path(ex->path, sizeof(ex->path), head.target);
 	/* /metrics answers admin_allow only; everything else allow only. */
 	if (ex->route == ROUTE_METRICS)
 		allowed = peer != NULL && auth_admin_allowed(ex->server->auth, peer);
@@ -420,10 +446,10 @@ static void handle_request(struct exchange *ex)
 	}
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+static void on_request(struct evhttp_request *req, void *context, void *arg)
 {
 	struct server *server = arg;
-	struct exchange *ex = calloc(1, sizeof(*ex));
+	struct exchange *ex = malloc(sizeof(*ex));
 	enum evhttp_cmd_type method = evhttp_request_get_command(req);
 
 	if (ex == NULL) {
@@ -431,12 +457,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 		evhttp_send_error(req, 503, NULL);
 		return;
 	}
+	memset(ex, 0, offsetof(struct exchange, peer));
+	ex->peer.ss_family = AF_UNSPEC;
+	ex->export_id[0] = ex->client[0] = ex->credential[0] = '\0';
 	server->active++;
 	ex->server = server;
 	ex->req = req;
 	ex->connection = evhttp_request_get_connection(req);
 	ex->route = ROUTE_OTHER;
-	ex->owner = listeners_context(server->listeners, ex->connection);
+	ex->owner = context;
 	if (ex->owner != NULL)
 		ex->owner->exchange = ex;
 	ex->method_type = method;
@@ -444,10 +473,17 @@ static void on_request(struct evhttp_request *req, void *arg)
 	ex->http10 = req->major == 1 && req->minor == 0;
 	clock_gettime(CLOCK_MONOTONIC, &ex->start);
 	ex->method = method_name(method);
-	remember_peer(ex);
-	listeners_cap_input(ex->connection, 1);
+	if (server->access_log != NULL)
+		remember_peer(ex);
 	evhttp_request_set_on_complete_cb(req, on_complete, ex);
+	server->dispatching = ex;
 	handle_request(ex);
+	/* still open and not answered: it waits (or streams), capped until its end */
+	if (server->dispatching == ex && ex->state != EXCHANGE_REPLIED) {
+		ex->input_capped = 1;
+		listeners_cap_input(ex->connection, 1);
+	}
+	server->dispatching = NULL;
 }
 
 static void on_unserved(struct evhttp_request *req, void *arg)

@@ -302,6 +302,34 @@ class TestBackpressure(DownloadCase):
             self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
         self.assertEqual((complete, len(body)), (True, size))
 
+    def test_client_pipelining_without_reading_its_answers_is_not_buffered(self):
+        # Answers given in the turn their request came (a cache hit, /healthz):
+        # the gateway stops reading until each is written, so a client that
+        # pipelines and never reads fills the kernel's buffers and no more.
+        pid = self.gw.proc.pid
+        sock = socket.create_connection(("127.0.0.1", self.gw.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        baseline = rss_kib(pid)
+        sent = push_pipelined(sock, seconds=1)
+        grown = rss_kib(pid) - baseline
+        self.assertLess(sent, 32 * MIB)
+        if not gwtest.GATEWAY_WRAPPER:
+            self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
+        # an answer not taken within client_timeout (2 s) closes the connection
+        closed = False
+        deadline = time.monotonic() + 2 + 2 * gwtest.SLACK
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        while not closed and time.monotonic() < deadline:
+            try:
+                sock.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+        sock.close()
+        self.assertTrue(closed, "a client that takes no answer outlived client_timeout")
+        self.assertEqual(self.gw.request("GET", "/healthz")[0], 200)
+
     def test_client_sending_while_its_status_call_waits_is_not_buffered(self):
         # The same bound while a status call waits for upstream (held, nothing
         # written yet). Today evhttp does not read while a handler holds its request

@@ -529,6 +529,68 @@ class TestConnectionLimits(unittest.TestCase):
         finally:
             self.assertEqual(gw.stop(), 0)
 
+    @staticmethod
+    def _get_on(sock, path="/healthz"):
+        sock.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path).encode())
+        resp = gwtest.RawResponse(sock)
+        body, complete = resp.read_all()
+        return resp.status, complete
+
+    @staticmethod
+    def _seconds_until_closed(sock, limit):
+        started = time.monotonic()
+        sock.settimeout(limit)
+        try:
+            data = sock.recv(1)
+        except ConnectionResetError:
+            data = b""
+        except socket.timeout:
+            return None
+        return time.monotonic() - started if data == b"" else None
+
+    def test_busy_keep_alive_connection_lives_then_closes_a_timeout_after_its_last(self):
+        # The request deadline is lazy (not taken off and put back per request):
+        # a connection that sends a request every 0.6 s outlives several 1 s
+        # timeouts, and is closed about 1 s after its last request, not before.
+        gw = start_gateway("busy-keep-alive", client_timeout="1s")
+        try:
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            for i in range(6):
+                self.assertEqual(self._get_on(s), (200, True), "request %d" % i)
+                time.sleep(0.6)
+            self.assertEqual(self._get_on(s), (200, True))
+            waited = self._seconds_until_closed(s, 1 + 2 * gwtest.SLACK)
+            s.close()
+            self.assertIsNotNone(waited, "still open after client_timeout")
+            self.assertGreater(waited, 0.8)
+        finally:
+            self.assertEqual(gw.stop(), 0)
+
+    def test_slowloris_after_answered_requests_is_cut_at_client_timeout(self):
+        gw = start_gateway("slowloris-late", client_timeout="1s")
+        try:
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+            for i in range(3):
+                self.assertEqual(self._get_on(s), (200, True))
+                time.sleep(0.7)
+            self.assertEqual(self._get_on(s), (200, True))
+            started = time.monotonic()
+            s.sendall(b"GET /healthz HTTP/1.1\r\n")
+            closed = False
+            while not closed and time.monotonic() - started < 1 + 2 * gwtest.SLACK:
+                time.sleep(0.1)
+                try:
+                    s.sendall(b"X")
+                    ready, _, _ = select.select([s], [], [], 0)
+                    closed = bool(ready) and s.recv(1) == b""
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+            s.close()
+            self.assertTrue(closed, "a trickling request outlived client_timeout")
+            self.assertGreater(time.monotonic() - started, 0.8)
+        finally:
+            self.assertEqual(gw.stop(), 0)
+
 
 MALFORMED = [
     b"GET /export_status?data_export_id=a%zz HTTP/1.1\r\nHost: x\r\n\r\n",
