@@ -181,19 +181,27 @@ def run(bench, args, nofile):
     rows = []
     for t in targets:
         r = warm[t.name]
+        # each round's ratio to the floor's run just after it, then their median:
+        # a paired comparison, steadier than the ratio of medians when the machine
+        # drifts from round to round
+        paired = median([x["rps"] / f["rps"] if x["rps"] and f["rps"] else None
+                         for x, f in zip(runs[t.name], runs["floor"])])
         rows.append([t.label, "%.0f" % r["rps"],
                      " / ".join("%.0f" % x["rps"] for x in runs[t.name]),
                      "%.2f" % (r["rps"] / base), "%.2f" % (r["rps"] / floor_rps),
+                     "%.2f" % paired if paired is not None else "–",
                      fmt_ms(r["p50"]), fmt_ms(r["p99"]),
                      "–" if t.name == "floor" else r["calls"], "%.0f%%" % r["cpu_pct"],
                      " / ".join(fmt_errors(x) for x in runs[t.name])])
     report.table(
         "Warm-cache throughput",
-        ["target", "req/s (median)", "req/s by round", "vs nginx", "vs floor", "p50", "p99",
-         "upstream calls", "server CPU", "wrk errors"], rows,
+        ["target", "req/s (median)", "req/s by round", "vs nginx", "vs floor",
+         "vs floor, paired", "p50", "p99", "upstream calls", "server CPU", "wrk errors"], rows,
         "wrk -t1 -c50 -d%ds --latency per run, export id `%s` warmed with one request "
         "first; %d rounds, each running the targets one after the other in this order; "
         "req/s, p50, p99 and CPU are medians over the rounds, upstream calls their sum. "
+        "`vs floor` is the ratio of the medians; `vs floor, paired` the median over the "
+        "rounds of each round's ratio to the floor's run in the same round. "
         "`floor` is bench/floor.c, a bare evhttp handler that sends the gateway's hit "
         "(same headers, same body) without a cache or an upstream: the floor of the "
         "gateway's stack. "
