@@ -128,9 +128,27 @@ static int redact_body(struct answer *answer, const struct conf *conf)
 	}
 }
 
-/* A complete HTTP response: its bytes, or the gateway's error for it. */
+/* A 2xx to POST /export_data: a JSON object naming the new export. */
+static const char *new_export_problem(const char *body, size_t length)
+{
+	const char *why = NULL;
+	cJSON *tree = json_check_parse(body, length, &why);
+	const cJSON *id =
+		tree != NULL ? cJSON_GetObjectItemCaseSensitive(tree, "data_export_id") : NULL;
+	int ok = cJSON_IsObject(tree) && cJSON_IsString(id) && id->valuestring[0] != '\0';
+
+	cJSON_Delete(tree);
+	if (ok)
+		return NULL;
+	return tree == NULL && why != NULL ? why : "the upstream's answer names no data_export_id";
+}
+
+/*
+ * A complete HTTP response: its bytes, or the gateway's error for it. export_id
+ * NULL and new_export: the answer to POST /export_data.
+ */
 static void from_response(struct answer *answer, const struct conf *conf, const char *export_id,
-			  const struct upstream_result *result)
+			  int new_export, const struct upstream_result *result)
 {
 	long status = result->status;
 	size_t length = evbuffer_get_length(result->body);
@@ -157,7 +175,7 @@ static void from_response(struct answer *answer, const struct conf *conf, const 
 	}
 	answer->status = (int)status;
 	answer->ttl_ms = -1;
-	answer->stale_ok = status >= 500;
+	answer->stale_ok = status >= 500 && !new_export;
 	answer->content_type =
 		strdup(result->content_type ? result->content_type : "application/json");
 	answer->body = malloc(length + 1);
@@ -174,7 +192,16 @@ static void from_response(struct answer *answer, const struct conf *conf, const 
 			answer_set_error(answer, 500, "internal", "out of memory");
 			return;
 		}
-		answer->ttl_ms = answer_ttl(conf, (int)status, NULL);
+		answer->ttl_ms = new_export ? -1 : answer_ttl(conf, (int)status, NULL);
+		return;
+	}
+	if (new_export) {
+		answer->state = ANSWER_NO_STATE;
+		why = new_export_problem(answer->body, length);
+		if (why != NULL) {
+			answer->why = why;
+			answer_set_error(answer, 502, "upstream_invalid", why);
+		}
 		return;
 	}
 	state = answer_parse_state(answer->body, length, export_id, state_text, sizeof(state_text),
@@ -188,13 +215,13 @@ static void from_response(struct answer *answer, const struct conf *conf, const 
 	answer->ttl_ms = answer_ttl(conf, (int)status, state);
 }
 
-void answer_from_result(struct answer *answer, const struct conf *conf, const char *export_id,
-			const struct upstream_result *result)
+static void from_result(struct answer *answer, const struct conf *conf, const char *export_id,
+			int new_export, const struct upstream_result *result)
 {
 	memset(answer, 0, sizeof(*answer));
 	switch (result->outcome) {
 	case UPSTREAM_OK:
-		from_response(answer, conf, export_id, result);
+		from_response(answer, conf, export_id, new_export, result);
 		return;
 	case UPSTREAM_INVALID:
 		answer->why = result->error;
@@ -222,4 +249,18 @@ void answer_from_result(struct answer *answer, const struct conf *conf, const ch
 		answer->stale_ok = 1;
 		return;
 	}
+}
+
+void answer_from_result(struct answer *answer, const struct conf *conf, const char *export_id,
+			const struct upstream_result *result)
+{
+	from_result(answer, conf, export_id, 0, result);
+}
+
+void answer_from_export(struct answer *answer, const struct conf *conf,
+			const struct upstream_result *result)
+{
+	from_result(answer, conf, NULL, 1, result);
+	answer->stale_ok = 0; /* nothing to fall back on: an export is never cached */
+	answer->ttl_ms = -1;
 }

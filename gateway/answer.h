@@ -59,6 +59,14 @@ void answer_set_error(struct answer *answer, int status, const char *code, const
 void answer_from_result(struct answer *answer, const struct conf *conf, const char *export_id,
 			const struct upstream_result *result);
 
+/*
+ * The client's answer to POST /export_data: a 2xx whose body is a JSON object
+ * with a string data_export_id as received, any other 2xx 502 upstream_invalid,
+ * failures mapped as for status calls. Never cacheable.
+ */
+void answer_from_export(struct answer *answer, const struct conf *conf,
+			const struct upstream_result *result);
+
 /* Frees what answer owns and zeroes it. */
 void answer_clear(struct answer *answer);
 

@@ -266,6 +266,14 @@ int auth_client(const struct auth *auth, const char *authorization)
 	return found;
 }
 
+int auth_client_may(const struct auth *auth, int client, unsigned scope)
+{
+	unsigned scopes = client >= 0 ? auth->conf->clients[client].scopes
+				      : CONF_SCOPE_STATUS | CONF_SCOPE_DOWNLOAD;
+
+	return (scopes & scope) == scope;
+}
+
 int auth_credential(const struct auth *auth, int client, const char *user_id)
 {
 	const struct conf *conf = auth->conf;

@@ -62,6 +62,13 @@ int auth_client(const struct auth *auth, const char *authorization);
 int auth_rate_take(struct auth *auth, int client);
 
 /*
+ * 1 when client (an index from auth_client, or -1 without [client] sections)
+ * has scope (enum conf_scope): without [client] sections every caller has
+ * status and download, and no one may start exports.
+ */
+int auth_client_may(const struct auth *auth, int client, unsigned scope);
+
+/*
  * The credential to use: client is an index from auth_client, or -1 without
  * [client] sections; user_id NULL means the default (the client's first grant,
  * else the first credential). Returns an index in conf->credentials, or -1 when

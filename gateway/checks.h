@@ -19,6 +19,7 @@ struct evkeyvalq;
 #define CHECKS_MAX_REQUEST_LINE	    (8 * 1024)
 #define CHECKS_MAX_HEADERS	    (16 * 1024)
 #define CHECKS_MAX_FORWARDED_HEADER 256
+#define CHECKS_MAX_BODY		    (64 * 1024) /* POST /export_data's */
 
 /* What evhttp parsed of a request; nothing is copied or kept. */
 struct request_head {
@@ -46,7 +47,8 @@ enum route checks_route(const struct request_head *head);
  * 1 when the bytes after this request cannot be trusted, so that whatever
  * answers it must close the connection: any body framing (Transfer-Encoding, a
  * non-zero or repeated Content-Length: evhttp does not read a HEAD body, which
- * would be taken for the next request), a CONNECT, a target not routed.
+ * would be taken for the next request) but POST /export_data's one length
+ * within the limit, a CONNECT, a target not routed.
  */
 int checks_must_close(const struct request_head *head);
 
@@ -55,6 +57,8 @@ int checks_must_close(const struct request_head *head);
  * headers over 16 KiB (431), a target not in origin form (400), no such route
  * (404; no path at all: 400), a method the route does not take (405 with
  * Allow), a header name that is not an RFC 9110 token, any body framing (400).
+ * POST /export_data instead needs one Content-Length (chunked or none: 411) of
+ * at most CHECKS_MAX_BODY (413) and Content-Type application/json (415).
  * Returns 0 when the request passes, else 1 with *refusal filled.
  */
 MUST_CHECK int checks_request(const struct request_head *head, enum route route,

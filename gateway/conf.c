@@ -45,6 +45,7 @@ static int set_token(struct setting *setting);
 static int set_credential_kind(struct setting *setting);
 static int set_credential_names(struct setting *setting);
 static int set_rate(struct setting *setting);
+static int set_scopes(struct setting *setting);
 
 #define GLOBAL(name, set, field, min, max, default_value, flags)                                   \
 	{                                                                                          \
@@ -56,9 +57,10 @@ static int set_rate(struct setting *setting);
 		SECTION_CREDENTIAL, name, set, offsetof(struct conf_credential, field), 0, 0,      \
 			default_value, flags                                                       \
 	}
-#define CLIENT(name, set, field, flags)                                                            \
+#define CLIENT(name, set, field, default_value, flags)                                             \
 	{                                                                                          \
-		SECTION_CLIENT, name, set, offsetof(struct conf_client, field), 0, 0, NULL, flags  \
+		SECTION_CLIENT, name, set, offsetof(struct conf_client, field), 0, 0,              \
+			default_value, flags                                                       \
 	}
 
 const struct conf_key conf_keys[] = {
@@ -88,9 +90,10 @@ const struct conf_key conf_keys[] = {
 	CREDENTIAL("user_id", set_secret, user_id, NULL, KEY_REQUIRED),
 	CREDENTIAL("api_key", set_secret, api_key, NULL, KEY_REQUIRED),
 	CREDENTIAL("kind", set_credential_kind, kind, "personal", 0),
-	CLIENT("token", set_token, token, KEY_REQUIRED),
-	CLIENT("credentials", set_credential_names, credentials, KEY_REQUIRED),
-	CLIENT("rate", set_rate, rate_per_second, 0),
+	CLIENT("token", set_token, token, NULL, KEY_REQUIRED),
+	CLIENT("credentials", set_credential_names, credentials, NULL, KEY_REQUIRED),
+	CLIENT("rate", set_rate, rate_per_second, NULL, 0),
+	CLIENT("scopes", set_scopes, scopes, "status download", 0),
 };
 
 const size_t conf_key_count = sizeof(conf_keys) / sizeof(conf_keys[0]);
@@ -381,6 +384,48 @@ static int set_rate(struct setting *setting)
 		return -1;
 	}
 	*(double *)setting->field = unit[1] == 's' ? (double)number : (double)number / 60;
+	return 0;
+}
+
+static const struct {
+	const char *name;
+	unsigned bit;
+} scope_names[] = {
+	{ "status", CONF_SCOPE_STATUS },
+	{ "download", CONF_SCOPE_DOWNLOAD },
+	{ "export", CONF_SCOPE_EXPORT },
+};
+
+static int set_scopes(struct setting *setting)
+{
+	char *copy = strdup(setting->value), *token, *saveptr = NULL;
+	unsigned scopes = 0;
+
+	if (copy == NULL) {
+		snprintf(setting->why, sizeof(setting->why), "out of memory");
+		return -1;
+	}
+	for (token = strtok_r(copy, VALUE_LIST_SEPARATORS, &saveptr); token != NULL;
+	     token = strtok_r(NULL, VALUE_LIST_SEPARATORS, &saveptr)) {
+		size_t i = 0;
+
+		while (i < sizeof(scope_names) / sizeof(scope_names[0]) &&
+		       strcmp(token, scope_names[i].name) != 0)
+			i++;
+		if (i == sizeof(scope_names) / sizeof(scope_names[0])) {
+			snprintf(setting->why, sizeof(setting->why),
+				 "unknown scope \"%.32s\" (status, download, export)", token);
+			free(copy);
+			return -1;
+		}
+		scopes |= scope_names[i].bit;
+	}
+	free(copy);
+	if (scopes == 0) {
+		snprintf(setting->why, sizeof(setting->why), "missing value");
+		return -1;
+	}
+	*(unsigned *)setting->field = scopes;
 	return 0;
 }
 

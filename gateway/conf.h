@@ -35,12 +35,20 @@ struct conf_credential {
 	enum conf_credential_kind kind;
 };
 
+/* What a client may do (scopes = ...): one bit each. */
+enum conf_scope {
+	CONF_SCOPE_STATUS = 1,	 /* /export_status without download=true */
+	CONF_SCOPE_DOWNLOAD = 2, /* /export_status?download=true */
+	CONF_SCOPE_EXPORT = 4,	 /* POST /export_data */
+};
+
 struct conf_client {
 	char *name;	     /* from [client NAME] */
 	char *token;	     /* resolved secret value; never logged */
 	size_t *credentials; /* indexes into conf->credentials, in the order given */
 	size_t credential_count;
 	double rate_per_second; /* 0: no limit */
+	unsigned scopes;	/* enum conf_scope bits */
 };
 
 struct conf {

@@ -55,6 +55,7 @@ struct server {
 	struct event *drain_check;
 	struct http_date date;	      /* the Date header, made once a second */
 	struct exchange *dispatching; /* in on_request's turn; NULL once closed */
+	struct export_call *exports;  /* POST /export_data calls in flight (export_data.c) */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
@@ -79,12 +80,13 @@ struct exchange {
 	struct connection *owner;	      /* NULL once the connection is gone */
 	enum exchange_state state;
 	enum route route;
-	struct cache_waiter *waiter; /* EXCHANGE_WAITING */
-	struct relay *relay;	     /* a download's, until the exchange closes */
-	int must_close;		     /* the bytes after this request cannot be trusted */
-	int http10;		     /* an HTTP/1.0 client: no chunked framing */
-	int head;		     /* HEAD: the reply has no body */
-	int input_capped;	     /* listeners_cap_input is on */
+	struct cache_waiter *waiter;	 /* EXCHANGE_WAITING */
+	struct relay *relay;		 /* a download's, until the exchange closes */
+	struct export_call *export_call; /* POST /export_data's, while it waits */
+	int must_close;			 /* the bytes after this request cannot be trusted */
+	int http10;			 /* an HTTP/1.0 client: no chunked framing */
+	int head;			 /* HEAD: the reply has no body */
+	int input_capped;		 /* listeners_cap_input is on */
 	enum evhttp_cmd_type method_type;
 	const char *end_note; /* why it ended, when not the usual way */
 	/* watch.c */
@@ -139,6 +141,13 @@ void exchange_log_field(struct exchange *ex, char *field, size_t cap, const char
 
 /* export_status.c: GET|HEAD /export_status, checks passed. */
 void export_status_handle(struct exchange *ex);
+
+/* export_data.c: POST /export_data, checks passed. */
+void export_data_handle(struct exchange *ex);
+/* The exchange ends: its export call goes on, answering no one. */
+void export_data_detach(struct exchange *ex);
+/* Frees what is left of calls the upstream cancelled (after upstream_free). */
+void export_data_free_all(struct server *server);
 
 /* download.c */
 

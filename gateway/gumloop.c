@@ -55,6 +55,15 @@ static char *status_url(CURL *easy, const char *base, const struct conf_credenti
 	return url;
 }
 
+static char *export_url(const char *base)
+{
+	char *url = NULL;
+
+	if (asprintf(&url, "%s/export_data", base) < 0)
+		url = NULL;
+	return url;
+}
+
 /* The credential's headers, and what the answer may be. */
 static int add_headers(struct curl_slist **headers, const struct gumloop_request *request)
 {
@@ -69,7 +78,12 @@ static int add_headers(struct curl_slist **headers, const struct gumloop_request
 	if (credential->kind == CONF_CREDENTIAL_PERSONAL &&
 	    add_header(headers, "x-auth-key", credential->user_id) < 0)
 		goto done;
-	if (!request->q->download && add_header(headers, "Accept", "application/json") < 0)
+	if ((request->q == NULL || !request->q->download) &&
+	    add_header(headers, "Accept", "application/json") < 0)
+		goto done;
+	/* an export's body; no "Expect: 100-continue" round trip before it */
+	if (request->body != NULL && (add_header(headers, "Content-Type", "application/json") < 0 ||
+				      add_header(headers, "Expect", "") < 0))
 		goto done;
 	/* Content codings are refused (framing.c), so ask for none. */
 	if (add_header(headers, "Accept-Encoding", "identity") < 0)
@@ -101,7 +115,9 @@ int gumloop_configure(CURL *easy, const struct gumloop_request *request,
 		      struct curl_slist **headers)
 {
 	const struct conf *conf = request->conf;
-	char *url = status_url(easy, conf->upstream, request->credential, request->q);
+	char *url = request->q != NULL
+			    ? status_url(easy, conf->upstream, request->credential, request->q)
+			    : export_url(conf->upstream);
 	long connect_ms = conf->upstream_timeout_ms < GUMLOOP_MAX_CONNECT_MS
 				  ? (long)conf->upstream_timeout_ms
 				  : GUMLOOP_MAX_CONNECT_MS;
@@ -123,8 +139,21 @@ int gumloop_configure(CURL *easy, const struct gumloop_request *request,
 	SETOPT(easy, CURLOPT_MAXAGE_CONN, (long)(conf->upstream_keepalive_timeout_ms / 1000));
 	SETOPT(easy, CURLOPT_NOSIGNAL, 1L);
 	/* a download's whole transfer has no time limit: its idle timer watches it */
-	if (!request->q->download)
+	if (request->q == NULL || !request->q->download)
 		SETOPT(easy, CURLOPT_TIMEOUT_MS, (long)conf->upstream_timeout_ms);
+	if (request->body != NULL) {
+		SETOPT(easy, CURLOPT_POST, 1L);
+		SETOPT(easy, CURLOPT_POSTFIELDS, request->body);
+		SETOPT(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)request->body_length);
+		/*
+		 * Never sent twice: libcurl sends a request again on a fresh connection
+		 * when a reused one turns out dead before the answer, and a second POST
+		 * could start a second export. A connection of its own has nothing to
+		 * retry on (exports are rare; the handshake is cheap beside them).
+		 */
+		SETOPT(easy, CURLOPT_FRESH_CONNECT, 1L);
+		SETOPT(easy, CURLOPT_FORBID_REUSE, 1L);
+	}
 	if (request->stream)
 		SETOPT(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	SETOPT(easy, CURLOPT_CONNECTTIMEOUT_MS, connect_ms);

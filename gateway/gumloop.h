@@ -1,6 +1,7 @@
 /*
  * gumloop.h -- what one request to Gumloop's API looks like, set on a libcurl
- * easy handle: the URL (../shared/gumloop-export-status.md), the credential's
+ * easy handle: the URL and method (../shared/gumloop-export-status.md and
+ * gumloop-export-data.md), the credential's
  * headers, TLS verification against the configured CA, timeouts and the user
  * agent. Knows nothing of the event loop or of a call's callbacks (upstream.c).
  */
@@ -20,7 +21,9 @@ struct query;
 struct gumloop_request {
 	const struct conf *conf;
 	const struct conf_credential *credential;
-	const struct query *q;
+	const struct query *q; /* a status call's or a download's; NULL: an export */
+	const char *body;      /* an export's JSON (POST /export_data), else NULL */
+	size_t body_length;
 	const char *range, *if_range; /* a download's, passed through; or NULL */
 	int stream;		      /* a download relayed as it arrives: HTTP/1.1 only */
 	int64_t conf_age_ms;	      /* since the config (and its CA bundle) was applied */

@@ -23,6 +23,7 @@
 #include <event2/listener.h>
 #include <openssl/ssl.h>
 
+#include "checks.h"
 #include "conf.h"
 
 /*
@@ -49,7 +50,7 @@ static inline unsigned pointer_hash(const void *key)
 
 /* evhttp's own hard cap on request line and headers, above the server's 8/16 KiB. */
 #define LISTENERS_EVHTTP_MAX_HEADERS (64 * 1024)
-#define LISTENERS_MAX_BODY	     1024
+#define LISTENERS_MAX_BODY	     CHECKS_MAX_BODY /* POST /export_data's */
 #define LISTENERS_ACCEPT_RETRY_MS    100
 #define LISTENERS_MAX_SINGLE_WRITE   (256 * 1024)
 /*

@@ -34,10 +34,7 @@ static struct {
 } counters;
 
 static const char *const route_names[ROUTE_COUNT] = {
-	"export_status",
-	"healthz",
-	"metrics",
-	"other",
+	"export_status", "export_data", "healthz", "metrics", "other",
 };
 static const char *const cache_names[METRICS_CACHE_RESULT_COUNT] = {
 	"hit",

@@ -7,6 +7,7 @@
 
 enum route {
 	ROUTE_EXPORT_STATUS,
+	ROUTE_EXPORT_DATA,
 	ROUTE_HEALTHZ,
 	ROUTE_METRICS,
 	ROUTE_OTHER, /* no such endpoint, or a target that is not routed at all */

@@ -170,6 +170,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	watch_progress_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
+	export_data_detach(ex);
 	if (ex->state == EXCHANGE_STREAMING)
 		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
 	download_release(ex);
@@ -433,6 +434,9 @@ static void handle_request(struct exchange *ex)
 	case ROUTE_EXPORT_STATUS:
 		export_status_handle(ex);
 		return;
+	case ROUTE_EXPORT_DATA:
+		export_data_handle(ex);
+		return;
 	case ROUTE_HEALTHZ:
 		exchange_reply_data(ex, 200, "application/json", healthz_body,
 				    sizeof(healthz_body) - 1);
@@ -589,6 +593,7 @@ void server_free(struct server *server)
 	listeners_free(server->listeners);
 	cache_free(server->cache);
 	upstream_free(server->upstream);
+	export_data_free_all(server);
 	if (server->drain_check != NULL)
 		event_free(server->drain_check);
 	access_log_close(server->access_log);

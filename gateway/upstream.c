@@ -24,6 +24,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "conf.h"
@@ -48,6 +49,8 @@ struct upstream_call {
 	enum pool_kind pool;
 	CURL *easy;
 	struct curl_slist *headers; /* holds the API key: wiped before free */
+	char *post_body;	    /* an export's (it holds the user id): wiped before free */
+	size_t post_length;
 	struct evbuffer *body;
 	int too_large;	     /* body over UPSTREAM_MAX_JSON_BYTES */
 	int head_too_large;  /* headers over UPSTREAM_MAX_HEADER_BYTES */
@@ -165,6 +168,9 @@ static void call_free(struct upstream_call *call)
 		curl_easy_cleanup(call->easy);
 	}
 	gumloop_headers_free(call->headers);
+	if (call->post_body != NULL)
+		OPENSSL_cleanse(call->post_body, call->post_length);
+	free(call->post_body);
 	if (call->body != NULL)
 		evbuffer_free(call->body);
 	evhttp_clear_headers(&call->response_headers);
@@ -497,8 +503,8 @@ fail:
 
 static struct upstream_call *call_start(struct upstream *upstream, const struct conf *conf,
 					const struct conf_credential *credential,
-					const struct query *q, const char *range,
-					const char *if_range,
+					const struct query *q, char *post_body, size_t post_length,
+					const char *range, const char *if_range,
 					const struct upstream_download_handlers *handlers,
 					upstream_done_cb done, void *arg)
 {
@@ -508,6 +514,8 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 		.conf = conf,
 		.credential = credential,
 		.q = q,
+		.body = post_body,
+		.body_length = post_length,
 		.range = range,
 		.if_range = if_range,
 		.stream = handlers != NULL,
@@ -515,8 +523,14 @@ static struct upstream_call *call_start(struct upstream *upstream, const struct 
 	};
 	CURLMcode rc;
 
-	if (call == NULL)
+	if (call == NULL) {
+		if (post_body != NULL)
+			OPENSSL_cleanse(post_body, post_length);
+		free(post_body);
 		return NULL;
+	}
+	call->post_body = post_body;
+	call->post_length = post_length;
 	call->upstream = upstream;
 	call->pool = handlers != NULL ? POOL_DOWNLOAD : POOL_STATUS;
 	call->done = done;
@@ -560,7 +574,15 @@ struct upstream_call *upstream_start_status(struct upstream *upstream, const str
 					    const struct conf_credential *credential,
 					    const struct query *q, upstream_done_cb done, void *arg)
 {
-	return call_start(upstream, conf, credential, q, NULL, NULL, NULL, done, arg);
+	return call_start(upstream, conf, credential, q, NULL, 0, NULL, NULL, NULL, done, arg);
+}
+
+struct upstream_call *upstream_start_export(struct upstream *upstream, const struct conf *conf,
+					    const struct conf_credential *credential, char *body,
+					    size_t length, upstream_done_cb done, void *arg)
+{
+	return call_start(upstream, conf, credential, NULL, body, length, NULL, NULL, NULL, done,
+			  arg);
 }
 
 struct upstream_call *upstream_start_download(struct upstream *upstream, const struct conf *conf,
@@ -570,6 +592,6 @@ struct upstream_call *upstream_start_download(struct upstream *upstream, const s
 					      const struct upstream_download_handlers *handlers,
 					      void *arg)
 {
-	return call_start(upstream, conf, credential, q, range, if_range, handlers, handlers->done,
-			  arg);
+	return call_start(upstream, conf, credential, q, NULL, 0, range, if_range, handlers,
+			  handlers->done, arg);
 }

@@ -117,6 +117,20 @@ MUST_CHECK struct upstream_call *upstream_start_download(
 	const struct conf_credential *credential, const struct query *q, const char *range,
 	const char *if_range, const struct upstream_download_handlers *handlers, void *arg);
 
+/*
+ * Starts POST {conf->upstream}/export_data with credential's headers and body
+ * (length bytes of JSON, the caller's user id already in it), which the call
+ * takes over (wiped and freed with it, also when this fails). On a connection
+ * of its own, so that libcurl has no reason to send it twice; the answer is
+ * capped as a status call's, within upstream_timeout. NULL (logged) when it
+ * could not be started.
+ */
+MUST_CHECK struct upstream_call *upstream_start_export(struct upstream *upstream,
+						       const struct conf *conf,
+						       const struct conf_credential *credential,
+						       char *body, size_t length,
+						       upstream_done_cb done, void *arg);
+
 /* Resumes a transfer paused by the data handler; pieces may arrive before it returns. */
 void upstream_resume(struct upstream_call *call);
 

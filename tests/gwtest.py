@@ -193,10 +193,10 @@ class Gateway:
         return http.client.HTTPConnection(host or self.host, port or self.port,
                                           timeout=timeout)
 
-    def request(self, method, path, headers=None, host=None, port=None, timeout=15):
+    def request(self, method, path, headers=None, host=None, port=None, timeout=15, body=None):
         conn = self.connection(timeout, host, port)
         try:
-            conn.request(method, path, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             return resp.status, dict((k.lower(), v) for k, v in resp.getheaders()), resp.read()
         finally:

@@ -87,6 +87,8 @@ static void test_routes(void **state)
 	(void)state;
 	request_of(&r, EVHTTP_REQ_GET, "/export_status?data_export_id=a", "/export_status", NULL);
 	assert_int_equal(checks_route(&r.head), ROUTE_EXPORT_STATUS);
+	request_of(&r, EVHTTP_REQ_POST, "/export_data", "/export_data", NULL);
+	assert_int_equal(checks_route(&r.head), ROUTE_EXPORT_DATA);
 	request_of(&r, EVHTTP_REQ_GET, "/healthz", "/healthz", NULL);
 	assert_int_equal(checks_route(&r.head), ROUTE_HEALTHZ);
 	request_of(&r, EVHTTP_REQ_GET, "/metrics", "/metrics", NULL);
@@ -188,6 +190,108 @@ static void test_what_closes(void **state)
 	assert_true(closes(EVHTTP_REQ_GET, "//x/metrics", NULL));
 	assert_true(closes(EVHTTP_REQ_GET, "http://evil/", NULL));
 	assert_true(closes(EVHTTP_REQ_GET, NULL, NULL));
+	/* POST /export_data's one length within the limit was read whole by evhttp */
+	assert_false(closes(EVHTTP_REQ_POST, "/export_data",
+			    (const char *[]){ "Content-Length: 65536", NULL }));
+	assert_true(closes(EVHTTP_REQ_POST, "/export_data",
+			   (const char *[]){ "Content-Length: 65537", NULL }));
+	assert_true(closes(EVHTTP_REQ_POST, "/export_data",
+			   (const char *[]){ "Content-Length: 5", "Content-Length: 5", NULL }));
+	assert_true(closes(EVHTTP_REQ_POST, "/export_data",
+			   (const char *[]){ "Transfer-Encoding: chunked", NULL }));
+	assert_true(closes(EVHTTP_REQ_GET, "/export_data",
+			   (const char *[]){ "Content-Length: 5", NULL }));
+}
+
+/* The status and code POST /export_data with these headers is refused with. */
+static int export_refusal(enum evhttp_cmd_type method, const char *const *lines, const char **code)
+{
+	struct request r;
+
+	request_of(&r, method, "/export_data", "/export_data", lines);
+	return refused_with(&r, code);
+}
+
+static void test_export_data_framing(void **state)
+{
+	const char *code = NULL;
+	struct request r;
+	struct refusal refusal = { 0 };
+
+	(void)state;
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 10",
+							  "Content-Type: application/json", NULL },
+					NULL),
+			 0);
+	assert_int_equal(
+		export_refusal(EVHTTP_REQ_POST,
+			       (const char *[]){ "Content-Length: 65536",
+						 "Content-Type: Application/JSON ; charset=utf-8",
+						 NULL },
+			       NULL),
+		0);
+	request_of(&r, EVHTTP_REQ_GET, "/export_data", "/export_data", NULL);
+	assert_int_equal(checks_request(&r.head, ROUTE_EXPORT_DATA, &refusal), 1);
+	assert_int_equal(refusal.status, 405);
+	assert_string_equal(refusal.allow, "POST");
+	evhttp_clear_headers(&r.headers);
+	assert_int_equal(export_refusal(EVHTTP_REQ_PUT,
+					(const char *[]){ "Content-Length: 10",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 405);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Transfer-Encoding: chunked",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 411);
+	assert_string_equal(code, "length_required");
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Type: application/json", NULL },
+					&code),
+			 411);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 65537",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 413);
+	assert_string_equal(code, "body_too_large");
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 99999999999999999999999",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 400);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 1x",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 400);
+	assert_int_equal(
+		export_refusal(EVHTTP_REQ_POST,
+			       (const char *[]){ "Content-Length: 10", "Content-Length: 10",
+						 "Content-Type: application/json", NULL },
+			       &code),
+		400);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 10",
+							  "Content-Type: text/json", NULL },
+					&code),
+			 415);
+	assert_string_equal(code, "unsupported_media_type");
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 10",
+							  "Content-Type: application/jsonx", NULL },
+					&code),
+			 415);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 10", NULL }, &code),
+			 415);
+	assert_int_equal(export_refusal(EVHTTP_REQ_POST,
+					(const char *[]){ "Content-Length: 10", "Bad Name: x",
+							  "Content-Type: application/json", NULL },
+					&code),
+			 400);
 }
 
 static void test_forwarded_headers(void **state)
@@ -220,6 +324,7 @@ int main(void)
 		cmocka_unit_test(test_passes),
 		cmocka_unit_test(test_refusals_and_their_order),
 		cmocka_unit_test(test_what_closes),
+		cmocka_unit_test(test_export_data_framing),
 		cmocka_unit_test(test_forwarded_headers),
 	};
 

@@ -12,8 +12,15 @@
  * at once), then the connection is closed once written (close, the default), left
  * open and never read again (keep: what follows stays in the client's buffers),
  * or reset (rst).
- * GET /_stats counts requests per id, connections, client aborts and shows the
- * last request's headers; POST /_reset forgets everything but the raw answers.
+ * POST .../export_data starts an export as Gumloop does (Bearer key, x-auth-key,
+ * a body whose user_id is the key's and with export_fields, start_date and
+ * end_date): its new id "expN" follows the default script (REQUESTED, then
+ * IN_PROGRESS, then COMPLETED after 6 s), or "expN;SCRIPT" with the body's
+ * "fake_script":"SCRIPT". "fake_answer":"CODE" answers CODE instead (or
+ * "invalid": a 200 without an id), "fake_delay_ms":"N" answers after N ms.
+ * GET /_stats counts requests per id, connections, client aborts, export_data
+ * calls (and the last one's body) and shows the last request's headers; POST
+ * /_reset forgets everything but the raw answers.
  */
 
 #include <errno.h>
@@ -148,7 +155,10 @@ struct fake_server {
 	uint64_t requests;
 	uint64_t client_aborts;
 	uint64_t connections;
-	char *last_json; /* the "last" object of /_stats, rendered when recorded */
+	uint64_t export_data_calls; /* POST .../export_data requests */
+	uint64_t exports_started;   /* the N of the next "expN" */
+	char *export_data_last;	    /* the last one's body, as received */
+	char *last_json;	    /* the "last" object of /_stats, rendered when recorded */
 };
 
 struct fake_options {
@@ -1168,6 +1178,172 @@ static void fake_handle_export_status(struct fake_server *server, struct evhttp_
 	evhttp_clear_headers(&params);
 }
 
+/* --- POST /export_data ---------------------------------------------------- */
+
+/* A reply held for fake_delay_ms; dropped if the client closes first. */
+struct fake_post {
+	struct evhttp_request *req;
+	struct evhttp_connection *evcon;
+	struct event *timer;
+	int code;
+	char *json;
+};
+
+static void fake_post_free(struct fake_post *post)
+{
+	if (post->timer != NULL)
+		event_free(post->timer);
+	free(post->json);
+	free(post);
+}
+
+static void fake_post_fired(evutil_socket_t fd, short what, void *arg)
+{
+	struct fake_post *post = arg;
+
+	(void)fd;
+	(void)what;
+	evhttp_connection_set_closecb(post->evcon, NULL, NULL);
+	fake_reply_json(post->req, post->code, post->json);
+	fake_post_free(post);
+}
+
+static void fake_post_closed(struct evhttp_connection *evcon, void *arg)
+{
+	(void)evcon;
+	fake_post_free(arg);
+}
+
+/*
+ * The string value of "key" in compact JSON (the gateway sends it so), copied
+ * into out (cap bytes); NULL when absent, not a plain string, or too long.
+ */
+static const char *fake_json_field(const char *json, const char *key, char *out, size_t cap)
+{
+	char pattern[64];
+	const char *start, *end;
+
+	snprintf(pattern, sizeof(pattern), "\"%s\":\"", key);
+	if ((start = strstr(json, pattern)) == NULL)
+		return NULL;
+	start += strlen(pattern);
+	for (end = start; *end != '\0' && *end != '"' && *end != '\\'; end++)
+		;
+	if (*end != '"' || (size_t)(end - start) >= cap)
+		return NULL;
+	memcpy(out, start, (size_t)(end - start));
+	out[end - start] = '\0';
+	return out;
+}
+
+static void fake_post_reply(struct fake_server *server, struct evhttp_request *req, int code,
+			    char *json, const char *delay)
+{
+	struct fake_post *post;
+	uint64_t ms = 0;
+
+	if (delay != NULL && fake_parse_u64(delay, 60000, &ms) != 0)
+		ms = 0;
+	if (ms == 0 || (post = calloc(1, sizeof(*post))) == NULL) {
+		fake_reply_json(req, code, json);
+		free(json);
+		return;
+	}
+	post->req = req;
+	post->evcon = evhttp_request_get_connection(req);
+	post->code = code;
+	post->json = json;
+	post->timer = evtimer_new(server->base, fake_post_fired, post);
+	if (post->timer == NULL || post->evcon == NULL) {
+		fake_reply_json(req, code, json);
+		post->json = NULL;
+		free(json);
+		fake_post_free(post);
+		return;
+	}
+	evhttp_connection_set_closecb(post->evcon, fake_post_closed, post);
+	struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+			      .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+	evtimer_add(post->timer, &tv);
+}
+
+static void fake_handle_export_data(struct fake_server *server, struct evhttp_request *req)
+{
+	struct evbuffer *input = evhttp_request_get_input_buffer(req);
+	size_t length = evbuffer_get_length(input);
+	const struct fake_credential *credential;
+	char *body = NULL, *json = NULL, prefix[512], field[256], id[300];
+	const char *script, *answer;
+	struct fake_export *export;
+
+	fake_no_delay(req);
+	server->export_data_calls++;
+	fake_stats_record_last(server, req);
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		fake_reply_method_not_allowed(req, "POST");
+		return;
+	}
+	if ((body = malloc(length + 1)) == NULL ||
+	    evbuffer_copyout(input, body, length) != (ev_ssize_t)length) {
+		free(body);
+		fake_reply_json(req, 500, "{\"error\":\"out of memory\"}");
+		return;
+	}
+	body[length] = '\0';
+	free(server->export_data_last);
+	server->export_data_last = body;
+	if ((credential = fake_authenticate(server, req)) == NULL) {
+		fake_reply_json(req, 401, "{\"error\":\"Unauthorized\"}");
+		return;
+	}
+	snprintf(prefix, sizeof(prefix), "{\"user_id\":\"%s\"", credential->user_id);
+	if (strncmp(body, prefix, strlen(prefix)) != 0) {
+		fake_reply_json(req, 403, "{\"error\":\"user_id is not the key's user\"}");
+		return;
+	}
+	if (strstr(body, "\"export_fields\":[") == NULL ||
+	    fake_json_field(body, "start_date", field, sizeof(field)) == NULL ||
+	    fake_json_field(body, "end_date", field, sizeof(field)) == NULL) {
+		fake_reply_json(
+			req, 400,
+			"{\"error\":\"export_fields, start_date and end_date are required\"}");
+		return;
+	}
+	answer = fake_json_field(body, "fake_answer", field, sizeof(field));
+	if (answer != NULL && strcmp(answer, "invalid") == 0) {
+		json = strdup("{\"success\":true}");
+		fake_post_reply(server, req, 200, json,
+				fake_json_field(body, "fake_delay_ms", prefix, sizeof(prefix)));
+		return;
+	}
+	if (answer != NULL) {
+		uint64_t code = 0;
+
+		if (fake_parse_u64(answer, 599, &code) != 0 || code < 200)
+			code = 500;
+		if (asprintf(&json, "{\"error\":\"scripted %d\"}", (int)code) < 0)
+			json = NULL;
+		fake_post_reply(server, req, json != NULL ? (int)code : 500,
+				json != NULL ? json : strdup("{}"),
+				fake_json_field(body, "fake_delay_ms", prefix, sizeof(prefix)));
+		return;
+	}
+	script = fake_json_field(body, "fake_script", field, sizeof(field));
+	snprintf(id, sizeof(id), "exp%" PRIu64 "%s%s", ++server->exports_started,
+		 script != NULL ? ";" : "", script != NULL ? script : "");
+	if ((export = fake_export_get(server, id)) == NULL ||
+	    asprintf(&json,
+		     "{\"success\":true,\"data_export_id\":\"%s\",\"state\":\"REQUESTED\","
+		     "\"created_ts\":\"" FAKE_CREATED_TS "\"}",
+		     id) < 0) {
+		fake_reply_json(req, 500, "{\"error\":\"out of memory\"}");
+		return;
+	}
+	(void)export;
+	fake_post_reply(server, req, 200, json,
+			fake_json_field(body, "fake_delay_ms", prefix, sizeof(prefix)));
+}
+
 /* --- control endpoints -------------------------------------------------- */
 
 static void fake_handle_stats(struct fake_server *server, struct evhttp_request *req)
@@ -1195,8 +1371,13 @@ static void fake_handle_stats(struct fake_server *server, struct evhttp_request 
 	}
 	failed |= evbuffer_add_printf(body,
 				      "},\"client_aborts\":%" PRIu64 ",\"connections\":%" PRIu64
-				      ",\"last\":",
-				      server->client_aborts, server->connections) < 0;
+				      ",\"export_data\":%" PRIu64 ",\"export_data_last\":",
+				      server->client_aborts, server->connections,
+				      server->export_data_calls) < 0;
+	failed |= (server->export_data_last != NULL
+			   ? fake_json_add_string(body, server->export_data_last)
+			   : fake_buf_add(body, "null")) != 0;
+	failed |= fake_buf_add(body, ",\"last\":") != 0;
 	failed |= fake_buf_add(body, server->last_json != NULL ? server->last_json : "null") != 0;
 	failed |= fake_buf_add(body, "}") != 0;
 	if (failed)
@@ -1217,6 +1398,9 @@ static void fake_handle_reset(struct fake_server *server, struct evhttp_request 
 	server->requests = 0;
 	server->client_aborts = 0;
 	server->connections = 0;
+	server->export_data_calls = 0;
+	free(server->export_data_last);
+	server->export_data_last = NULL;
 	fake_exports_clear(server);
 	free(server->last_json);
 	server->last_json = NULL;
@@ -1239,6 +1423,8 @@ static void fake_handle_request(struct evhttp_request *req, void *arg)
 		fake_handle_raw(server, req);
 	else if (fake_has_suffix(path, "/export_status"))
 		fake_handle_export_status(server, req);
+	else if (fake_has_suffix(path, "/export_data"))
+		fake_handle_export_data(server, req);
 	else
 		fake_reply_json(req, 404, "{\"error\":\"not found\"}");
 }
@@ -1450,6 +1636,7 @@ static void fake_server_free(struct fake_server *server)
 	SSL_CTX_free(server->tls);
 	fake_exports_clear(server);
 	fake_raws_clear(server);
+	free(server->export_data_last);
 	free(server->last_json);
 	for (i = 0; i < server->credential_count; i++)
 		free(server->credentials[i].storage);
