@@ -77,6 +77,8 @@ struct conf {
 	int64_t cache_stale_if_error_ms;
 	int64_t client_timeout_ms;
 	int64_t drain_timeout_ms;
+	int64_t idempotency_ttl_ms;   /* Idempotency-Key answers kept this long (0: none) */
+	int64_t idempotency_max_keys; /* at most this many, least recently used first out */
 
 	int64_t cache_max_entries;
 	int64_t max_connections;

@@ -53,9 +53,10 @@ struct server {
 	void (*drained)(void *arg);
 	void *drained_arg;
 	struct event *drain_check;
-	struct http_date date;	      /* the Date header, made once a second */
-	struct exchange *dispatching; /* in on_request's turn; NULL once closed */
-	struct export_call *exports;  /* POST /export_data calls in flight (export_data.c) */
+	struct http_date date;		 /* the Date header, made once a second */
+	struct exchange *dispatching;	 /* in on_request's turn; NULL once closed */
+	struct export_call *exports;	 /* POST /export_data calls in flight (export_data.c) */
+	struct idempotency *idempotency; /* their Idempotency-Key records */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */

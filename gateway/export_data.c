@@ -12,11 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <utlist.h>
 
 #include "answer.h"
@@ -24,6 +26,7 @@
 #include "caller.h"
 #include "conf.h"
 #include "export_body.h"
+#include "idempotency.h"
 #include "log.h"
 #include "upstream.h"
 
@@ -31,13 +34,24 @@ struct export_call {
 	struct server *server;
 	struct exchange *ex; /* NULL once the client is gone */
 	char credential[64]; /* its name, for the log (a reload may free the config's) */
+	char *idempotency_client, *idempotency_key; /* both NULL without the header */
 	struct export_call *prev, *next;
 };
 
 static void call_forget(struct export_call *call)
 {
 	DL_DELETE(call->server->exports, call);
+	free(call->idempotency_client);
+	free(call->idempotency_key);
 	free(call);
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
 /* Logs what only the gateway's operator may know; the client gets its answer. */
@@ -77,6 +91,19 @@ static void on_done(const struct upstream_result *result, void *arg)
 
 	answer_from_export(&answer, call->server->conf, result);
 	log_outcome(&answer, call->credential, ex == NULL);
+	if (call->idempotency_key != NULL) {
+		struct idempotency_answer kept = {
+			.status = answer.status,
+			.content_type = answer.content_type,
+			.body = answer.body,
+			.body_length = answer.body_length,
+		};
+
+		/* also when the client left: its retry gets this answer */
+		idempotency_finish(call->server->idempotency, call->idempotency_client,
+				   call->idempotency_key, &kept, now_ms(),
+				   call->server->conf->idempotency_ttl_ms);
+	}
 	if (ex != NULL) {
 		ex->export_call = NULL;
 		if (answer.error == NULL && answer.status < 300)
@@ -104,6 +131,48 @@ void export_data_free_all(struct server *server)
 		call_forget(server->exports);
 }
 
+/*
+ * Idempotency-Key: 0 to go on (a new key, now in flight), -1 when ex was
+ * answered: the kept answer replayed, 409 while in flight, 422 reused.
+ */
+static int idempotency_check(struct exchange *ex, const char *client, const char *key,
+			     const char *upstream_body, size_t length)
+{
+	struct server *server = ex->server;
+	struct evkeyvalq *out = evhttp_request_get_output_headers(ex->req);
+	unsigned char digest[IDEMPOTENCY_DIGEST_BYTES];
+	enum idempotency_state state;
+	struct idempotency_answer kept;
+
+	SHA256((const unsigned char *)upstream_body, length, digest);
+	if (idempotency_begin(server->idempotency, client, key, digest, now_ms(),
+			      (size_t)server->conf->idempotency_max_keys, &state, &kept) < 0) {
+		exchange_reply_error(ex, 500, "internal", "out of memory");
+		return -1;
+	}
+	switch (state) {
+	case IDEMPOTENCY_NEW:
+		return 0;
+	case IDEMPOTENCY_REPLAY:
+		evhttp_add_header(out, "Idempotent-Replayed", "true");
+		exchange_reply_data(ex, kept.status,
+				    kept.content_type[0] ? kept.content_type : "application/json",
+				    kept.body, kept.body_length);
+		return -1;
+	case IDEMPOTENCY_IN_FLIGHT:
+		evhttp_add_header(out, "Retry-After", "1");
+		exchange_reply_error(
+			ex, 409, "idempotency_in_progress",
+			"a request with this Idempotency-Key is still being carried out");
+		return -1;
+	case IDEMPOTENCY_REUSED:
+		break;
+	}
+	exchange_reply_error(ex, 422, "idempotency_key_reused",
+			     "this Idempotency-Key was used with another body");
+	return -1;
+}
+
 /* The request's body as one piece: evhttp has read all of it (Content-Length). */
 static const char *body_bytes(struct exchange *ex, size_t *length)
 {
@@ -121,13 +190,19 @@ void export_data_handle(struct exchange *ex)
 	const struct conf_credential *credential;
 	struct export_body body;
 	struct export_call *call;
-	const char *message = NULL, *text;
+	const char *message = NULL, *text, *key;
 	char *upstream_body;
 	size_t length;
 	int client, index;
 
 	if (caller_identify(ex, &client) < 0 || caller_may(ex, client, CONF_SCOPE_EXPORT) < 0)
 		return;
+	key = evhttp_find_header(evhttp_request_get_input_headers(ex->req), "Idempotency-Key");
+	if (key != NULL && !idempotency_key_valid(key)) {
+		exchange_reply_error(ex, 400, "bad_request",
+				     "Idempotency-Key must be 1 to 255 bytes of printable ASCII");
+		return;
+	}
 	text = body_bytes(ex, &length);
 	if (text == NULL) {
 		exchange_reply_error(ex, 500, "internal", "out of memory");
@@ -155,27 +230,43 @@ void export_data_handle(struct exchange *ex)
 	upstream_body = export_body_upstream(&body, credential->user_id, &length);
 	export_body_clear(&body);
 	call = calloc(1, sizeof(*call));
-	if (upstream_body == NULL || call == NULL) {
-		if (upstream_body != NULL)
-			OPENSSL_cleanse(upstream_body, length);
-		free(upstream_body);
-		free(call);
-		exchange_reply_error(ex, 500, "internal", "out of memory");
-		return;
+	if (call != NULL && key != NULL) {
+		call->idempotency_client = strdup(server->conf->clients[client].name);
+		call->idempotency_key = strdup(key);
 	}
+	if (upstream_body == NULL || call == NULL ||
+	    (key != NULL && (call->idempotency_client == NULL || call->idempotency_key == NULL))) {
+		exchange_reply_error(ex, 500, "internal", "out of memory");
+		goto drop;
+	}
+	if (key != NULL &&
+	    idempotency_check(ex, call->idempotency_client, key, upstream_body, length) < 0)
+		goto drop;
 	call->server = server;
 	call->ex = ex;
 	snprintf(call->credential, sizeof(call->credential), "%s", credential->name);
 	/* the call owns upstream_body from here, also when it fails to start */
 	if (upstream_start_export(server->upstream, server->conf, credential, upstream_body, length,
 				  on_done, call) == NULL) {
-		free(call);
+		upstream_body = NULL;
+		if (key != NULL)
+			idempotency_forget(server->idempotency, call->idempotency_client, key);
 		exchange_reply_error(ex, 503, "unavailable",
 				     "the upstream request could not be started");
-		return;
+		goto drop;
 	}
 	DL_APPEND(server->exports, call);
 	ex->export_call = call;
 	ex->state = EXCHANGE_WAITING;
 	watch_client_start(ex);
+	return;
+drop:
+	if (upstream_body != NULL)
+		OPENSSL_cleanse(upstream_body, length);
+	free(upstream_body);
+	if (call != NULL) {
+		free(call->idempotency_client);
+		free(call->idempotency_key);
+	}
+	free(call);
 }

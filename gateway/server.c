@@ -31,6 +31,7 @@
 #include "checks.h"
 #include "conf.h"
 #include "http_text.h"
+#include "idempotency.h"
 #include "listeners.h"
 #include "log.h"
 #include "metrics.h"
@@ -556,7 +557,9 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 	server->listeners = listeners_new(base, &listeners_callbacks, server);
 	server->upstream = upstream_new(base, conf);
 	server->drain_check = event_new(base, -1, 0, on_drain_check, server);
-	if (server->listeners == NULL || server->upstream == NULL || server->drain_check == NULL)
+	server->idempotency = idempotency_new();
+	if (server->listeners == NULL || server->upstream == NULL || server->drain_check == NULL ||
+	    server->idempotency == NULL)
 		goto fail;
 	server->cache = cache_new(base, server->upstream, conf);
 	if (server->cache == NULL)
@@ -594,6 +597,7 @@ void server_free(struct server *server)
 	cache_free(server->cache);
 	upstream_free(server->upstream);
 	export_data_free_all(server);
+	idempotency_free(server->idempotency);
 	if (server->drain_check != NULL)
 		event_free(server->drain_check);
 	access_log_close(server->access_log);

@@ -20,6 +20,8 @@ STARTER_TOKEN = "client-token-starter-5e1d07"
 SECRETS.append(STARTER_TOKEN)
 POLLER_TOKEN = "client-token-poller-aa9f31"
 SECRETS.append(POLLER_TOKEN)
+SECOND_TOKEN = "client-token-second-7c44e0"
+SECRETS.append(SECOND_TOKEN)
 
 STARTS = {"Authorization": "Bearer " + STARTER_TOKEN, "Content-Type": "application/json"}
 READS = {"Authorization": "Bearer " + CLIENT_TOKEN, "Content-Type": "application/json"}
@@ -47,6 +49,8 @@ def client_sections():
         ("client reports", [("token", CLIENT_TOKEN), ("credentials", "default")]),
         ("client poller", [("token", POLLER_TOKEN), ("credentials", "default"),
                            ("scopes", "status")]),
+        ("client second", [("token", SECOND_TOKEN), ("credentials", "default"),
+                           ("scopes", "export")]),
     ]
 
 
@@ -256,6 +260,70 @@ class TestBadRequests(ExportCase):
         self.assertLess(time.monotonic() - started, 2 + 3 * gwtest.SLACK)
         self.assertNotIn(b"200", reply.split(b"\r\n", 1)[0])
         self.assertEqual(self.calls(), before)
+
+
+class TestIdempotency(ExportCase):
+    def keyed(self, key, data, headers=STARTS):
+        return self.post(data, dict(headers, **{"Idempotency-Key": key}))
+
+    def test_replay_same_answer_no_second_call(self):
+        before = self.calls()
+        status, headers, first = self.keyed("replay-1", body())
+        self.assertEqual(status, 200, first)
+        self.assertNotIn("idempotent-replayed", headers)
+        status, headers, again = self.keyed("replay-1", body())
+        self.assertEqual((status, again), (200, first))
+        self.assertEqual(headers["idempotent-replayed"], "true")
+        self.assertEqual(self.calls(), before + 1)
+        # the same key with another body
+        self.assert_gateway_error(422, "idempotency_key_reused",
+                                  self.keyed("replay-1", body(data_type="agents")))
+        # keys are per client
+        second = {"Authorization": "Bearer " + SECOND_TOKEN,
+                  "Content-Type": "application/json"}
+        status, headers, other = self.keyed("replay-1", body(), second)
+        self.assertEqual(status, 200, other)
+        self.assertNotIn("idempotent-replayed", headers)
+        self.assertNotEqual(json.loads(other)["data_export_id"],
+                            json.loads(first)["data_export_id"])
+        self.assertEqual(self.calls(), before + 2)
+
+    def test_4xx_kept_5xx_not(self):
+        before = self.calls()
+        self.assertEqual(self.keyed("k-404", body(fake_answer="404"))[0], 404)
+        status, headers, _ = self.keyed("k-404", body(fake_answer="404"))
+        self.assertEqual((status, headers.get("idempotent-replayed")), (404, "true"))
+        self.assertEqual(self.calls(), before + 1)
+        for _ in range(2):
+            status, headers, _ = self.keyed("k-500", body(fake_answer="500"))
+            self.assertEqual(status, 500)
+            self.assertNotIn("idempotent-replayed", headers)
+        self.assertEqual(self.calls(), before + 3)
+
+    def test_twenty_concurrent_posts_one_call(self):
+        import concurrent.futures
+        before = self.calls()
+        data = body(fake_delay_ms="1000")
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda _: self.keyed("burst-1", data), range(20)))
+        statuses = sorted(r[0] for r in results)
+        self.assertEqual(statuses.count(200), 1, statuses)
+        self.assertEqual(statuses.count(409), 19, statuses)
+        for status, headers, raw in results:
+            if status == 409:
+                self.assertEqual(headers["retry-after"], "1")
+                self.assertEqual(json.loads(raw)["error"], "idempotency_in_progress")
+        self.assertEqual(self.calls(), before + 1)
+        status, headers, _ = self.keyed("burst-1", data)
+        self.assertEqual((status, headers.get("idempotent-replayed")), (200, "true"))
+        self.assertEqual(self.calls(), before + 1)
+
+    def test_malformed_keys_are_400(self):
+        before = self.calls()
+        for key in ("k" * 256, "bad\x01key"):
+            self.assert_gateway_error(400, "bad_request", self.keyed(key, body()))
+        self.assertEqual(self.calls(), before)
+        self.assertEqual(self.keyed("k" * 255, body())[0], 200)
 
 
 class TestWorkflow(ExportCase):
