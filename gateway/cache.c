@@ -84,27 +84,6 @@ static int64_t now_ms(void)
 /* Room for a key on the stack: user ids and export ids are short in practice. */
 #define KEY_BUF_SIZE 192
 
-/* user_id US export_id: in buf when it fits, else allocated (key_free frees it). */
-static char *make_key(char *buf, size_t cap, const char *user_id, const char *export_id)
-{
-	size_t user_length = strlen(user_id), id_length = strlen(export_id);
-	size_t size = user_length + id_length + 2;
-	char *key = size <= cap ? buf : malloc(size);
-
-	if (key == NULL)
-		return NULL;
-	memcpy(key, user_id, user_length);
-	key[user_length] = '\x1f';
-	memcpy(key + user_length + 1, export_id, id_length + 1);
-	return key;
-}
-
-static void key_free(char *key, const char *buf)
-{
-	if (key != buf)
-		free(key);
-}
-
 /* Entries and the LRU list. */
 
 static void lru_unlink(struct cache *cache, struct cache_entry *entry)
@@ -220,7 +199,7 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 	answer.body_length = length;
 	answer.content_type = strdup(content_type ? content_type : "application/json");
 	answer.body = malloc(length + 1);
-	key = make_key(key_buf, sizeof(key_buf), user_id, export_id);
+	key = hash_key_join(key_buf, sizeof(key_buf), user_id, export_id);
 	if (answer.content_type != NULL && answer.body != NULL && key != NULL) {
 		memcpy(answer.body, body, length);
 		answer.body[length] = '\0';
@@ -228,7 +207,7 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 	} else {
 		stored = -1;
 	}
-	key_free(key, key_buf);
+	hash_key_free(key, key_buf);
 	answer_clear(&answer);
 	return stored;
 }
@@ -252,14 +231,14 @@ int cache_lookup(struct cache *cache, const struct conf_credential *credential,
 		 const struct query *q, struct cache_answer *answer)
 {
 	char key_buf[KEY_BUF_SIZE];
-	char *key = make_key(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
+	char *key = hash_key_join(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
 	struct cache_entry *entry;
 	int64_t now = now_ms();
 
 	if (key == NULL)
 		return 0;
 	entry = entry_find(cache, key);
-	key_free(key, key_buf);
+	hash_key_free(key, key_buf);
 	if (entry == NULL || now >= entry->expires_ms)
 		return 0;
 	/* A download can only be refused from the cache: upstream would say the same. */
@@ -364,7 +343,7 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 		  cache_answer_cb done, void *arg)
 {
 	char key_buf[KEY_BUF_SIZE];
-	char *key = make_key(key_buf, sizeof(key_buf), user_id, export_id);
+	char *key = hash_key_join(key_buf, sizeof(key_buf), user_id, export_id);
 	struct cache_answer answer = { 0 };
 
 	if (key == NULL) {
@@ -380,7 +359,7 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
 		return;
 	}
 	settle(cache, key, credential, result, done, arg);
-	key_free(key, key_buf);
+	hash_key_free(key, key_buf);
 }
 
 static void deliver(const struct cache_answer *answer, void *arg)
@@ -426,7 +405,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 				const struct query *q, cache_answer_cb done, void *arg)
 {
 	char key_buf[KEY_BUF_SIZE];
-	char *key = make_key(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
+	char *key = hash_key_join(key_buf, sizeof(key_buf), credential->user_id, q->data_export_id);
 	struct flight *flight = NULL;
 	struct cache_waiter *waiter = calloc(1, sizeof(*waiter));
 
@@ -439,7 +418,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 			goto fail;
 		waiter->leader = 1;
 	}
-	key_free(key, key_buf);
+	hash_key_free(key, key_buf);
 	waiter->flight = flight;
 	waiter->done = done;
 	waiter->arg = arg;
@@ -447,7 +426,7 @@ struct cache_waiter *cache_wait(struct cache *cache, const struct conf_credentia
 	return waiter;
 fail:
 	log_error("%s: cannot start an upstream call", __func__);
-	key_free(key, key_buf);
+	hash_key_free(key, key_buf);
 	free(waiter);
 	return NULL;
 }

