@@ -356,8 +356,17 @@ static struct bufferevent *accepted(struct listeners *listeners, struct bufferev
 		size_t cap = listeners->adopting_cap ? listeners->adopting_cap * 2 : 16;
 		struct adoption *grown = realloc(listeners->adopting, cap * sizeof(*grown));
 
-		if (grown == NULL)
-			return bev; /* never tracked: on_request refuses it with a 503 */
+		if (grown == NULL) {
+			/*
+			 * Never tracked, so no request deadline: socket timeouts both
+			 * ways bound a silent client, and on_request refuses a request
+			 * with a 503 and a close.
+			 */
+			if (bufferevent_set_timeouts(bev, &listeners->request_timeout,
+						     &listeners->request_timeout) < 0)
+				log_warn("%s: cannot bound an untracked connection", __func__);
+			return bev;
+		}
 		listeners->adopting = grown;
 		listeners->adopting_cap = cap;
 	}
@@ -396,7 +405,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 	struct listeners_connection *tracked = NULL;
 
 	HASH_FIND_PTR(listeners->connections, &evcon, tracked);
-	if (tracked == NULL) {
+	/* without the server's record nothing would give its deadline back: closed */
+	if (tracked == NULL || tracked->context == NULL) {
 		listeners->callbacks.unserved(req, listeners->arg);
 		return;
 	}

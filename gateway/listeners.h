@@ -22,10 +22,11 @@ struct listeners_connection; /* an open connection, as the listeners keep it */
 struct listeners_callbacks {
 	/* A complete request on an open connection; context is opened's. */
 	void (*request)(struct evhttp_request *req, void *context, void *arg);
-	/* A request on a connection accepted without the gateway's bufferevent (out of
-	 * memory then): not watched or limited, so it is to be refused. */
+	/* A request on a connection accepted without the gateway's bufferevent, or
+	 * whose opened returned NULL (out of memory then): not watched or limited,
+	 * so it is to be refused and closed. */
 	void (*unserved)(struct evhttp_request *req, void *arg);
-	/* A connection was accepted; returns its context (NULL is allowed). The
+	/* A connection was accepted; returns its context (NULL: its requests are refused). The
 	 * handle is for listeners_idle, valid until closed. */
 	void *(*opened)(struct evhttp_connection *evcon, struct listeners_connection *handle,
 			void *arg);

@@ -206,7 +206,7 @@ static void *on_connection_opened(struct evhttp_connection *evcon,
 
 	(void)evcon;
 	(void)arg;
-	if (connection != NULL) /* NULL: served, just not tracked */
+	if (connection != NULL) /* NULL: its requests are refused (listeners.c) */
 		connection->handle = handle;
 	return connection;
 }
@@ -451,6 +451,13 @@ static void handle_request(struct exchange *ex)
 	}
 }
 
+static void on_unserved(struct evhttp_request *req, void *arg)
+{
+	(void)arg;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+	evhttp_send_error(req, 503, NULL);
+}
+
 static void on_request(struct evhttp_request *req, void *context, void *arg)
 {
 	struct server *server = arg;
@@ -459,7 +466,7 @@ static void on_request(struct evhttp_request *req, void *context, void *arg)
 
 	if (ex == NULL) {
 		log_error("%s: out of memory", __func__);
-		evhttp_send_error(req, 503, NULL);
+		on_unserved(req, server); /* a 503 and a close: no deadline comes back */
 		return;
 	}
 	memset(ex, 0, offsetof(struct exchange, peer));
@@ -489,13 +496,6 @@ static void on_request(struct evhttp_request *req, void *context, void *arg)
 		listeners_cap_input(ex->connection, 1);
 	}
 	server->dispatching = NULL;
-}
-
-static void on_unserved(struct evhttp_request *req, void *arg)
-{
-	(void)arg;
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-	evhttp_send_error(req, 503, NULL);
 }
 
 static void on_drain_check(evutil_socket_t fd, short what, void *arg)

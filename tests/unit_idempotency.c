@@ -109,7 +109,7 @@ static void test_least_recently_used_goes_first(void **state)
 
 	(void)state;
 	for (int i = 0; i < 3; i++) {
-		char key[8];
+		char key[16];
 
 		snprintf(key, sizeof(key), "k%d", i);
 		assert_int_equal(begin(store, "c", key, digest_a, i, 3, NULL), IDEMPOTENCY_NEW);
