@@ -10,12 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/event.h>
 
 #include "answer.h"
+#include "clock.h"
 #include "conf.h"
 #include "hash.h"
 #include "log.h"
@@ -72,14 +72,6 @@ struct cache {
 	struct flight *all_flights;
 	struct event *reaper;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
 
 /* Room for a key on the stack: user ids and export ids are short in practice. */
 #define KEY_BUF_SIZE 192

@@ -113,19 +113,6 @@ int export_body_date_time(const char *text, int64_t *seconds, long *nanos)
 	return 0;
 }
 
-static int is_user_id(const char *text)
-{
-	size_t length = strlen(text);
-
-	if (length == 0 || length > QUERY_MAX_USER_ID_BYTES)
-		return 0;
-	for (; *text != '\0'; text++) {
-		if (*text < 0x21 || *text > 0x7e)
-			return 0;
-	}
-	return 1;
-}
-
 static const struct {
 	const char *name;
 	int (*is)(const cJSON *item);
@@ -216,7 +203,7 @@ enum export_body_result export_body_check(const char *text, size_t length, struc
 	result = check_fields(tree, message);
 	user_id = cJSON_GetObjectItemCaseSensitive(tree, "user_id");
 	if (result == EXPORT_BODY_OK && user_id != NULL &&
-	    (!cJSON_IsString(user_id) || !is_user_id(user_id->valuestring)))
+	    (!cJSON_IsString(user_id) || !query_user_id_valid(user_id->valuestring)))
 		result = bad(message, "user_id must be printable ASCII without spaces, "
 				      "1 to 256 bytes");
 	if (result != EXPORT_BODY_OK) {

@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
@@ -24,6 +23,7 @@
 #include "answer.h"
 #include "auth.h"
 #include "caller.h"
+#include "clock.h"
 #include "conf.h"
 #include "export_body.h"
 #include "idempotency.h"
@@ -38,20 +38,19 @@ struct export_call {
 	struct export_call *prev, *next;
 };
 
-static void call_forget(struct export_call *call)
+static void call_free(struct export_call *call)
 {
-	DL_DELETE(call->server->exports, call);
+	if (call == NULL)
+		return;
 	free(call->idempotency_client);
 	free(call->idempotency_key);
 	free(call);
 }
 
-static int64_t now_ms(void)
+static void call_forget(struct export_call *call)
 {
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	DL_DELETE(call->server->exports, call);
+	call_free(call);
 }
 
 /* Logs what only the gateway's operator may know; the client gets its answer. */
@@ -264,9 +263,5 @@ drop:
 	if (upstream_body != NULL)
 		OPENSSL_cleanse(upstream_body, length);
 	free(upstream_body);
-	if (call != NULL) {
-		free(call->idempotency_client);
-		free(call->idempotency_key);
-	}
-	free(call);
+	call_free(call);
 }

@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -24,6 +23,7 @@
 #include <openssl/ssl.h>
 
 #include "checks.h"
+#include "clock.h"
 #include "conf.h"
 
 /*
@@ -199,14 +199,6 @@ static void on_close(struct evhttp_connection *evcon, void *arg)
 	connection_gone(listeners);
 }
 
-static int64_t coarse_now_ms(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
-
 /*
  * No complete request in client_timeout (a slowloris, or a silent client).
  * The deadline is lazy, as libev's documentation advises for timeouts reset
@@ -219,7 +211,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 {
 	struct listeners_connection *tracked = arg;
 	struct listeners *listeners = tracked->listeners;
-	int64_t left_ms = tracked->idle_since_ms + listeners->request_timeout_ms - coarse_now_ms();
+	int64_t left_ms = tracked->idle_since_ms + listeners->request_timeout_ms - clock_ms(1);
 
 	(void)fd;
 	(void)what;
@@ -246,7 +238,7 @@ static struct listeners_connection *track(struct listeners *listeners,
 		return NULL;
 	tracked->evcon = evcon;
 	tracked->listeners = listeners;
-	tracked->idle_since_ms = coarse_now_ms();
+	tracked->idle_since_ms = clock_ms(1);
 	tracked->deadline = evtimer_new(listeners->base, on_deadline, tracked);
 	if (tracked->deadline == NULL ||
 	    evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
@@ -619,7 +611,7 @@ void listeners_idle(struct listeners *listeners, struct listeners_connection *tr
 		    int restore_timeouts)
 {
 	tracked->busy = 0;
-	tracked->idle_since_ms = coarse_now_ms();
+	tracked->idle_since_ms = clock_ms(1);
 	if (!evtimer_pending(tracked->deadline, NULL) &&
 	    evtimer_add(tracked->deadline, &listeners->request_timeout) < 0)
 		log_warn("%s: cannot arm the request deadline", __func__);

@@ -57,6 +57,13 @@ static int is_printable_token(const char *s)
 	return 1;
 }
 
+int query_user_id_valid(const char *text)
+{
+	size_t length = strlen(text);
+
+	return length > 0 && length <= QUERY_MAX_USER_ID_BYTES && is_printable_token(text);
+}
+
 struct param {
 	char name[QUERY_MAX_NAME_BYTES + 1]; /* decoded */
 	const char *value;		     /* still encoded */

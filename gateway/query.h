@@ -28,4 +28,7 @@ struct query {
  */
 MUST_CHECK int query_parse(const char *raw, struct query *q, const char **message);
 
+/* 1 when text may be a user_id (as in the query): 1 to 256 bytes, printable, no spaces. */
+int query_user_id_valid(const char *text);
+
 #endif

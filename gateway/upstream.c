@@ -16,7 +16,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
@@ -27,6 +26,7 @@
 #include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
+#include "clock.h"
 #include "conf.h"
 #include "framing.h"
 #include "gumloop.h"
@@ -78,14 +78,6 @@ struct upstream_call {
 };
 
 static void call_finish(struct upstream_call *call, CURLcode code);
-
-static int64_t now_ms(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
 
 static struct timeval timeval_of(int64_t ms)
 {

@@ -10,26 +10,18 @@
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "clock.h"
 #include "conf.h"
 #include "log.h"
 
 /* A download's client is looked at this many times per client_timeout. */
 #define WATCH_STALL_CHECKS 4
-
-static int64_t now_ms(void)
-{
-	struct timespec now;
-
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-}
 
 void watch_client_stop(struct exchange *ex)
 {
