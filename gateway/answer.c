@@ -11,6 +11,7 @@
 
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
+#include <openssl/sha.h>
 
 #include "conf.h"
 #include "json_check.h"
@@ -263,4 +264,47 @@ void answer_from_export(struct answer *answer, const struct conf *conf,
 	from_result(answer, conf, NULL, 1, result);
 	answer->stale_ok = 0; /* nothing to fall back on: an export is never cached */
 	answer->ttl_ms = -1;
+}
+
+void answer_etag(const char *body, size_t length, char etag[ANSWER_ETAG_SIZE])
+{
+	static const char digits[] = "0123456789abcdef";
+	unsigned char digest[SHA256_DIGEST_LENGTH];
+
+	SHA256((const unsigned char *)body, length, digest);
+	etag[0] = '"';
+	for (size_t i = 0; i < 8; i++) {
+		etag[1 + 2 * i] = digits[digest[i] >> 4];
+		etag[2 + 2 * i] = digits[digest[i] & 0xf];
+	}
+	etag[17] = '"';
+	etag[18] = '\0';
+}
+
+static const char *skip_list_space(const char *p)
+{
+	while (*p == ' ' || *p == '\t' || *p == ',')
+		p++;
+	return p;
+}
+
+int answer_etag_matches(const char *if_none_match, const char *etag)
+{
+	const char *p = skip_list_space(if_none_match);
+	size_t etag_length = strlen(etag);
+
+	if (*p == '*')
+		return *skip_list_space(p + 1) == '\0';
+	while (*p != '\0') {
+		const char *close;
+
+		if (p[0] == 'W' && p[1] == '/')
+			p += 2; /* weak comparison: W/"x" matches "x" */
+		if (*p != '"' || (close = strchr(p + 1, '"')) == NULL)
+			return 0;
+		if ((size_t)(close + 1 - p) == etag_length && memcmp(p, etag, etag_length) == 0)
+			return 1;
+		p = skip_list_space(close + 1);
+	}
+	return 0;
 }

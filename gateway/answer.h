@@ -67,6 +67,18 @@ void answer_from_result(struct answer *answer, const struct conf *conf, const ch
 void answer_from_export(struct answer *answer, const struct conf *conf,
 			const struct upstream_result *result);
 
+/* A strong ETag: '"', 16 hex digits of the body's SHA-256, '"', NUL. */
+#define ANSWER_ETAG_SIZE 19
+
+/* The strong ETag of a body (RFC 9110 8.8.3), into etag. */
+void answer_etag(const char *body, size_t length, char etag[ANSWER_ETAG_SIZE]);
+
+/*
+ * 1 when an If-None-Match value (RFC 9110 13.1.2: "*" or a list of entity tags,
+ * weakly compared) names etag, else 0 (also for a malformed value).
+ */
+int answer_etag_matches(const char *if_none_match, const char *etag);
+
 /* Frees what answer owns and zeroes it. */
 void answer_clear(struct answer *answer);
 

@@ -39,6 +39,7 @@ struct cache_entry {
 	enum answer_state state; /* ANSWER_NO_STATE for an upstream 404 */
 	int64_t fetched_ms;	 /* monotonic */
 	int64_t expires_ms;
+	char etag[ANSWER_ETAG_SIZE];
 };
 
 struct flight {
@@ -71,6 +72,8 @@ struct cache {
 	struct flight *flights; /* uthash head */
 	struct flight *all_flights;
 	struct event *reaper;
+	cache_observer_cb observer;
+	void *observer_arg;
 };
 
 /* Room for a key on the stack: user ids and export ids are short in practice. */
@@ -138,6 +141,7 @@ static struct cache_entry *entry_store(struct cache *cache, const char *key, str
 	entry->state = answer->state;
 	entry->fetched_ms = now;
 	entry->expires_ms = now + answer->ttl_ms;
+	answer_etag(entry->body, entry->body_length, entry->etag);
 	hash_add_failed = 0;
 	HASH_ADD_KEYPTR(hh, cache->entries, entry->key, strlen(entry->key), entry);
 	if (hash_add_failed) {
@@ -164,7 +168,11 @@ static void answer_from_entry(const struct cache_entry *entry, int64_t now,
 	answer->body = entry->body;
 	answer->body_length = entry->body_length;
 	answer->result = result;
+	answer->state = entry->state;
+	answer->etag = entry->etag;
 	answer->cached = 1;
+	answer->fetched_ms = entry->fetched_ms;
+	answer->expires_ms = entry->expires_ms;
 	answer->age_seconds = (now - entry->fetched_ms) / 1000;
 	/* whole seconds, rounded towards "expired" both ways */
 	answer->ttl_seconds = left >= 0 ? left / 1000 : -((-left + 999) / 1000);
@@ -325,8 +333,12 @@ static void settle(struct cache *cache, const char *key, const char *credential,
 		answer.body = outcome.body;
 		answer.body_length = outcome.body_length;
 		answer.result = CACHE_MISS;
+		answer.state = outcome.status == 200 ? outcome.state : ANSWER_NO_STATE;
 	}
 	done(&answer, arg);
+	/* after the waiters: the observer may answer requests, never free the flight */
+	if (cache->observer != NULL)
+		cache->observer(key, &answer, cache->observer_arg);
 	answer_clear(&outcome);
 }
 
@@ -479,6 +491,12 @@ void cache_free(struct cache *cache)
 	if (cache->reaper != NULL)
 		event_free(cache->reaper);
 	free(cache);
+}
+
+void cache_set_observer(struct cache *cache, cache_observer_cb observer, void *arg)
+{
+	cache->observer = observer;
+	cache->observer_arg = arg;
 }
 
 size_t cache_entry_count(const struct cache *cache)

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "answer.h"
+
 struct event_base;
 struct upstream;
 struct conf;
@@ -33,9 +35,13 @@ struct cache_answer {
 	const char *body;
 	size_t body_length;
 	enum cache_result result;
-	int cached;	     /* age and ttl describe a cache entry */
-	int64_t age_seconds; /* since the entry was fetched (RFC 9111 Age) */
-	int64_t ttl_seconds; /* left to live; negative when stale */
+	enum answer_state state; /* the export's, or ANSWER_NO_STATE */
+	const char *etag;	 /* a cache entry's ETag (answer_etag), NULL when none */
+	int cached;		 /* what follows describes a cache entry */
+	int64_t age_seconds;	 /* since the entry was fetched (RFC 9111 Age) */
+	int64_t ttl_seconds;	 /* left to live; negative when stale */
+	int64_t fetched_ms;	 /* monotonic (clock.h) */
+	int64_t expires_ms;
 };
 
 /* Fires exactly once per waiter that was not cancelled. */
@@ -100,6 +106,14 @@ void cache_settle(struct cache *cache, const char *user_id, const char *export_i
  */
 int cache_store(struct cache *cache, const char *user_id, const char *export_id, int status,
 		const char *content_type, const char *body, size_t length);
+
+/*
+ * Called with every answer the cache settles for a key (an upstream call's,
+ * once its waiters have had it), key being hash_key_join(user id, export id).
+ * One observer; NULL removes it. It must not call cache_wait for that key.
+ */
+typedef void (*cache_observer_cb)(const char *key, const struct cache_answer *answer, void *arg);
+void cache_set_observer(struct cache *cache, cache_observer_cb observer, void *arg);
 
 /* Entries held now. */
 size_t cache_entry_count(const struct cache *cache);

@@ -89,6 +89,8 @@ const struct conf_key conf_keys[] = {
 	GLOBAL("access_log", set_path, access_log, 0, 0, "-", 0),
 	GLOBAL("idempotency_ttl", set_duration, idempotency_ttl_ms, 0, 30 * DAY_MS, "24h", 0),
 	GLOBAL("idempotency_max_keys", set_count, idempotency_max_keys, 1, 10000000, "100000", 0),
+	GLOBAL("wait_max", set_duration, wait_max_ms, 0, HOUR_MS, "25s", 0),
+	GLOBAL("max_waiting", set_count, max_waiting, 0, 1000000, "10000", 0),
 	CREDENTIAL("user_id", set_secret, user_id, NULL, KEY_REQUIRED),
 	CREDENTIAL("api_key", set_secret, api_key, NULL, KEY_REQUIRED),
 	CREDENTIAL("kind", set_credential_kind, kind, "personal", 0),

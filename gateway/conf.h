@@ -79,6 +79,8 @@ struct conf {
 	int64_t drain_timeout_ms;
 	int64_t idempotency_ttl_ms;   /* Idempotency-Key answers kept this long (0: none) */
 	int64_t idempotency_max_keys; /* at most this many, least recently used first out */
+	int64_t wait_max_ms;	      /* longest hold for wait= / Prefer: wait (0: off) */
+	int64_t max_waiting;	      /* held requests at once; beyond: answered at once */
 
 	int64_t cache_max_entries;
 	int64_t max_connections;

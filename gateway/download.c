@@ -33,6 +33,11 @@ static void on_answer(const struct cache_answer *answer, const char *content_ran
 	struct exchange *ex = arg;
 
 	download_release(ex);
+	/* download=true&wait=: not COMPLETED yet, held as a status call would be */
+	if (content_range == NULL && export_status_hold(ex, answer)) {
+		ex->state = EXCHANGE_WAITING;
+		return; /* the client watch goes on */
+	}
 	watch_client_stop(ex);
 	if (content_range != NULL)
 		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Content-Range",
@@ -153,6 +158,7 @@ void download_start(struct exchange *ex, const struct conf_credential *credentia
 				     "max_downloads downloads are running; retry shortly");
 		return;
 	}
+	relay_free(ex->relay); /* a held download's first try, which got JSON */
 	ex->relay = relay_start(server->base, server->upstream, server->cache, server->conf,
 				credential, q, &request, &relay_events, ex);
 	if (ex->relay == NULL) {

@@ -36,7 +36,9 @@ struct evbuffer_cb_entry;
 struct event;
 struct event_base;
 struct listeners;
+struct holds;
 struct relay;
+struct status_wait;
 struct upstream;
 
 struct server {
@@ -57,6 +59,7 @@ struct server {
 	struct exchange *dispatching;	 /* in on_request's turn; NULL once closed */
 	struct export_call *exports;	 /* POST /export_data calls in flight (export_data.c) */
 	struct idempotency *idempotency; /* their Idempotency-Key records */
+	struct holds *holds;		 /* status requests held (wait=) */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
@@ -67,7 +70,7 @@ struct connection {
 
 enum exchange_state {
 	EXCHANGE_CHECKING,	/* routing, checks, the handler: nothing sent yet */
-	EXCHANGE_WAITING,	/* a status call waits for the cache's answer (waiter) */
+	EXCHANGE_WAITING,	/* a status call waits for the cache's answer (waiter) or is held */
 	EXCHANGE_DOWNLOAD_HEAD, /* a download waits for upstream's head (relay, a slot) */
 	EXCHANGE_STREAMING,	/* a download's body flows (relay, a slot) */
 	EXCHANGE_CUTTING,	/* upstream failed mid-body: closed once its bytes are out */
@@ -84,6 +87,8 @@ struct exchange {
 	struct cache_waiter *waiter;	 /* EXCHANGE_WAITING */
 	struct relay *relay;		 /* a download's, until the exchange closes */
 	struct export_call *export_call; /* POST /export_data's, while it waits */
+	struct status_wait *wait;	 /* a status call that asked to wait (export_status.c) */
+	const char *if_none_match;	 /* a status call's If-None-Match, NULL when none */
 	int must_close;			 /* the bytes after this request cannot be trusted */
 	int http10;			 /* an HTTP/1.0 client: no chunked framing */
 	int head;			 /* HEAD: the reply has no body */
@@ -127,8 +132,13 @@ void exchange_reply_data(struct exchange *ex, int status, const char *content_ty
 			 const void *data, size_t length);
 /* {"error":code,"message":message} with status. */
 void exchange_reply_error(struct exchange *ex, int status, const char *code, const char *message);
-/* A status answer from the cache, with its X-Cache, Cache-Status, Age, Cache-Control. */
+/*
+ * A status answer from the cache, with its X-Cache, Cache-Status, Age,
+ * Cache-Control, and an ETag on a 200.
+ */
 void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer);
+/* 304 for answer, whose body the client has: the same headers, no body. */
+void exchange_reply_not_modified(struct exchange *ex, const struct cache_answer *answer);
 /*
  * The reply that goes out next is the connection's last (Connection: close; the
  * socket lingers for what the client still sends).
@@ -142,6 +152,13 @@ void exchange_log_field(struct exchange *ex, char *field, size_t cap, const char
 
 /* export_status.c: GET|HEAD /export_status, checks passed. */
 void export_status_handle(struct exchange *ex);
+/*
+ * A request that asked to wait, whose answer now is answer: 1 when it is held
+ * (its reply comes later), 0 when it is to be answered now.
+ */
+int export_status_hold(struct exchange *ex, const struct cache_answer *answer);
+/* The exchange ends: its hold (if any) is dropped. */
+void export_status_detach(struct exchange *ex);
 
 /* export_data.c: POST /export_data, checks passed. */
 void export_data_handle(struct exchange *ex);

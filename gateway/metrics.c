@@ -31,6 +31,8 @@ static struct {
 	uint64_t reloads_ok;
 	uint64_t reloads_failed;
 	uint64_t access_log_dropped;
+	int64_t waiting;
+	uint64_t waits[METRICS_WAIT_RESULT_COUNT];
 } counters;
 
 static const char *const route_names[ROUTE_COUNT] = {
@@ -41,6 +43,11 @@ static const char *const cache_names[METRICS_CACHE_RESULT_COUNT] = {
 	"miss",
 	"coalesced",
 	"stale",
+};
+static const char *const wait_names[METRICS_WAIT_RESULT_COUNT] = {
+	"final",
+	"changed",
+	"timeout",
 };
 static const char *const download_names[METRICS_DOWNLOAD_RESULT_COUNT] = {
 	"complete",
@@ -76,6 +83,18 @@ void metrics_upstream(int code, int timed_out, double seconds)
 		counters.upstream_buckets[i]++;
 	counters.upstream_count++;
 	counters.upstream_sum += seconds;
+}
+
+void metrics_wait_started(void)
+{
+	counters.waiting++;
+}
+
+void metrics_wait_finished(enum metrics_wait_result result)
+{
+	counters.waiting--;
+	if (result < METRICS_WAIT_RESULT_COUNT)
+		counters.waits[result]++;
 }
 
 void metrics_download_started(void)
@@ -233,10 +252,26 @@ static int render_downloads_and_process(struct evbuffer *out)
 	return failed ? -1 : 0;
 }
 
+static int render_waits(struct evbuffer *out)
+{
+	int failed = family(out, "gumloop_gateway_waiting", "gauge",
+			    "Status requests held now (wait=, Prefer: wait).") < 0;
+
+	failed |= evbuffer_add_printf(out, "gumloop_gateway_waiting %lld\n",
+				      (long long)counters.waiting) < 0;
+	failed |= family(out, "gumloop_gateway_wait_total", "counter",
+			 "Held status requests by what ended their wait.") < 0;
+	for (int i = 0; i < METRICS_WAIT_RESULT_COUNT; i++)
+		failed |= evbuffer_add_printf(
+				  out, "gumloop_gateway_wait_total{result=\"%s\"} %llu\n",
+				  wait_names[i], (unsigned long long)counters.waits[i]) < 0;
+	return failed ? -1 : 0;
+}
+
 int metrics_render(struct evbuffer *out)
 {
 	if (render_requests(out) < 0 || render_cache(out) < 0 || render_upstream(out) < 0 ||
-	    render_downloads_and_process(out) < 0)
+	    render_downloads_and_process(out) < 0 || render_waits(out) < 0)
 		return -1;
 	return 0;
 }

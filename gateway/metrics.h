@@ -27,6 +27,13 @@ enum metrics_download_result {
 	METRICS_DOWNLOAD_RESULT_COUNT,
 };
 
+enum metrics_wait_result {
+	METRICS_WAIT_FINAL,   /* a final state (or an error) ended the wait */
+	METRICS_WAIT_CHANGED, /* If-None-Match: another body ended it */
+	METRICS_WAIT_TIMEOUT, /* the deadline (or a drain) ended it */
+	METRICS_WAIT_RESULT_COUNT,
+};
+
 /* A request answered with code (100..599; 499 for a client that left). */
 void metrics_request(enum route route, int code);
 void metrics_cache(enum metrics_cache_result result);
@@ -38,6 +45,9 @@ void metrics_download_bytes(uint64_t bytes);
 void metrics_connection_opened(void);
 void metrics_connection_closed(void);
 void metrics_reload(int ok);
+/* A request is held (wait=), and one is let go for result. */
+void metrics_wait_started(void);
+void metrics_wait_finished(enum metrics_wait_result result);
 /* An access log line was dropped: its writer is behind by a whole buffer. */
 void metrics_access_log_dropped(void);
 

@@ -7,6 +7,7 @@
 #include "hex.h"
 
 #include <string.h>
+#include <strings.h>
 
 #define QUERY_MAX_PARAMS     32
 #define QUERY_MAX_NAME_BYTES 64
@@ -136,6 +137,83 @@ static int parse_download(const struct param *p, int *download, const char **mes
 	return -1;
 }
 
+/* Whole seconds, 0 to QUERY_MAX_WAIT: digits only (no sign, no exponent), at most 4 of them. */
+static int parse_seconds(const char *text, size_t length, int *seconds)
+{
+	int value = 0;
+
+	if (length == 0 || length > 4)
+		return -1;
+	for (size_t i = 0; i < length; i++) {
+		if (text[i] < '0' || text[i] > '9')
+			return -1;
+		value = value * 10 + (text[i] - '0');
+	}
+	if (value > QUERY_MAX_WAIT)
+		return -1;
+	*seconds = value;
+	return 0;
+}
+
+static const char wait_message[] = "wait must be whole seconds from 0 to 3600";
+
+static int parse_wait(const struct param *p, int *wait, const char **message)
+{
+	char value[8];
+	long n = percent_decode(p->value, p->value_len, value, sizeof(value));
+
+	if (n < 0 || parse_seconds(value, (size_t)n, wait) < 0) {
+		*message = wait_message;
+		return -1;
+	}
+	return 0;
+}
+
+static int is_ows(char c)
+{
+	return c == ' ' || c == '\t';
+}
+
+int query_prefer_wait(const char *value, int *wait, const char **message)
+{
+	const char *p = value;
+
+	while (*p != '\0') {
+		size_t item = strcspn(p, ","), name;
+		const char *end = p + item, *word;
+
+		while (p < end && is_ows(*p))
+			p++;
+		name = strcspn(p, "=; \t,");
+		if (name == 4 && strncasecmp(p, "wait", 4) == 0) {
+			word = p + name;
+			while (word < end && is_ows(*word))
+				word++;
+			if (word < end && *word == '=') {
+				size_t length;
+
+				word++;
+				while (word < end && is_ows(*word))
+					word++;
+				length = strcspn(word, "; \t,");
+				if (word + length > end)
+					length = (size_t)(end - word);
+				/* a quoted-string word: "N" */
+				if (length >= 2 && word[0] == '"' && word[length - 1] == '"') {
+					word++;
+					length -= 2;
+				}
+				if (parse_seconds(word, length, wait) == 0)
+					return 1;
+			}
+			*message = "Prefer: wait must be whole seconds from 0 to 3600";
+			return -1;
+		}
+		p = *end == ',' ? end + 1 : end;
+	}
+	return 0;
+}
+
 /* The messages for one identifier parameter, in the order of its checks. */
 struct token_messages {
 	const char *invalid;
@@ -178,6 +256,7 @@ int query_parse(const char *raw, struct query *q, const char **message)
 	int have_id = 0;
 
 	memset(q, 0, sizeof(*q));
+	q->wait = -1;
 	if (raw == NULL)
 		raw = "";
 	if (split_params(raw, params, &count, message) < 0 ||
@@ -198,6 +277,9 @@ int query_parse(const char *raw, struct query *q, const char **message)
 			q->has_user_id = 1;
 		} else if (strcmp(p->name, "download") == 0) {
 			if (parse_download(p, &q->download, message) < 0)
+				return -1;
+		} else if (strcmp(p->name, "wait") == 0) {
+			if (parse_wait(p, &q->wait, message) < 0)
 				return -1;
 		}
 	}

@@ -30,6 +30,7 @@
 #include "cache.h"
 #include "checks.h"
 #include "conf.h"
+#include "hold.h"
 #include "http_text.h"
 #include "idempotency.h"
 #include "listeners.h"
@@ -171,6 +172,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	watch_progress_stop(ex);
 	cache_waiter_cancel(ex->waiter);
 	ex->waiter = NULL;
+	export_status_detach(ex);
 	export_data_detach(ex);
 	if (ex->state == EXCHANGE_STREAMING)
 		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
@@ -370,14 +372,34 @@ static void add_cache_headers(struct exchange *ex, const struct cache_answer *an
 				       answer->ttl_seconds > 0 ? answer->ttl_seconds : 0));
 }
 
-void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer)
+/* The cache headers, and a 200's ETag (the entry's, else made now). */
+static void add_answer_headers(struct exchange *ex, const struct cache_answer *answer)
 {
+	char etag[ANSWER_ETAG_SIZE];
+
 	ex->upstream_status = answer->status;
 	add_cache_headers(ex, answer);
 	ex->cache_result = x_cache_names[answer->result];
 	metrics_cache(cache_metric[answer->result]);
+	if (answer->status != 200)
+		return;
+	if (answer->etag == NULL)
+		answer_etag(answer->body, answer->body_length, etag);
+	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "ETag",
+			  answer->etag != NULL ? answer->etag : etag);
+}
+
+void exchange_reply_answer(struct exchange *ex, const struct cache_answer *answer)
+{
+	add_answer_headers(ex, answer);
 	exchange_reply_data(ex, answer->status, answer->content_type, answer->body,
 			    answer->body_length);
+}
+
+void exchange_reply_not_modified(struct exchange *ex, const struct cache_answer *answer)
+{
+	add_answer_headers(ex, answer);
+	send_reply(ex, 304, NULL, 0);
 }
 
 static void handle_metrics(struct exchange *ex)
@@ -530,6 +552,8 @@ static int server_apply(struct server *server, struct conf *conf)
 	server->auth = auth;
 	if (server->cache != NULL)
 		cache_set_conf(server->cache, conf);
+	if (server->holds != NULL)
+		holds_set_conf(server->holds, conf);
 	upstream_set_conf(server->upstream, conf);
 	conf_free(server->conf);
 	server->conf = conf;
@@ -564,6 +588,9 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 	server->cache = cache_new(base, server->upstream, conf);
 	if (server->cache == NULL)
 		goto fail;
+	server->holds = holds_new(base, server->cache, conf);
+	if (server->holds == NULL)
+		goto fail;
 	if (server_apply(server, conf) < 0)
 		goto fail;
 	return server;
@@ -585,6 +612,8 @@ void server_drain(struct server *server, void (*drained)(void *arg), void *arg)
 	server->draining = 1;
 	server->drained = drained;
 	server->drained_arg = arg;
+	/* held requests are answered now, with what is known */
+	holds_release_all(server->holds);
 	event_active(server->drain_check, EV_TIMEOUT, 0);
 }
 
@@ -594,6 +623,7 @@ void server_free(struct server *server)
 		return;
 	/* Closes every connection; their exchanges end in on_connection_closed. */
 	listeners_free(server->listeners);
+	holds_free(server->holds);
 	cache_free(server->cache);
 	upstream_free(server->upstream);
 	export_data_free_all(server);

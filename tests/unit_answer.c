@@ -272,13 +272,51 @@ static void test_error_body(void **state)
 	free(body);
 }
 
+static void test_etags(void **state)
+{
+	char a[ANSWER_ETAG_SIZE], b[ANSWER_ETAG_SIZE], c[ANSWER_ETAG_SIZE];
+	char list[64], weak[32];
+
+	(void)state;
+	answer_etag("{\"state\":\"IN_PROGRESS\"}", 24, a);
+	answer_etag("{\"state\":\"IN_PROGRESS\"}", 24, b);
+	answer_etag("{\"state\":\"COMPLETED\"}", 22, c);
+	assert_int_equal(strlen(a), ANSWER_ETAG_SIZE - 1);
+	assert_int_equal(a[0], '"');
+	assert_int_equal(a[17], '"');
+	assert_string_equal(a, b);
+	assert_string_not_equal(a, c);
+	assert_true(answer_etag_matches(a, a));
+	assert_false(answer_etag_matches(c, a));
+	assert_true(answer_etag_matches("*", a));
+	assert_true(answer_etag_matches(" * ", a));
+	snprintf(weak, sizeof(weak), "W/%s", a);
+	assert_true(answer_etag_matches(weak, a));
+	snprintf(list, sizeof(list), "\"x\", W/\"y\",%s", a);
+	assert_true(answer_etag_matches(list, a));
+	snprintf(list, sizeof(list), "%s, %s", c, c);
+	assert_false(answer_etag_matches(list, a));
+	assert_false(answer_etag_matches("", a));
+	assert_false(answer_etag_matches("\"unterminated", a));
+	assert_false(answer_etag_matches("junk", a));
+	assert_false(answer_etag_matches("*, \"x\"", a)); /* "*" stands alone */
+	/* the tag without its quotes is not the tag */
+	snprintf(list, sizeof(list), "%.16s", a + 1);
+	assert_false(answer_etag_matches(list, a));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_states_and_ttls),	      cmocka_unit_test(test_error_statuses),
-		cmocka_unit_test(test_invalid_bodies),	      cmocka_unit_test(test_failures),
-		cmocka_unit_test(test_error_bodies_redacted), cmocka_unit_test(test_parse_state),
-		cmocka_unit_test(test_ttl_per_state),	      cmocka_unit_test(test_error_body),
+		cmocka_unit_test(test_states_and_ttls),
+		cmocka_unit_test(test_error_statuses),
+		cmocka_unit_test(test_invalid_bodies),
+		cmocka_unit_test(test_failures),
+		cmocka_unit_test(test_error_bodies_redacted),
+		cmocka_unit_test(test_parse_state),
+		cmocka_unit_test(test_ttl_per_state),
+		cmocka_unit_test(test_error_body),
+		cmocka_unit_test(test_etags),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

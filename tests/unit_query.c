@@ -149,6 +149,70 @@ static void test_unknown_and_empty_parameters(void **state)
 	assert_string_equal(q.data_export_id, "a");
 }
 
+static void test_wait_values(void **state)
+{
+	struct query q;
+
+	(void)state;
+	accepts("data_export_id=x", &q);
+	assert_int_equal(q.wait, -1);
+	accepts("data_export_id=x&wait=0", &q);
+	assert_int_equal(q.wait, 0);
+	accepts("data_export_id=x&wait=25", &q);
+	assert_int_equal(q.wait, 25);
+	accepts("data_export_id=x&wait=3600", &q);
+	assert_int_equal(q.wait, 3600);
+	accepts("data_export_id=x&wait=%32%35", &q);
+	assert_int_equal(q.wait, 25);
+	rejects("data_export_id=x&wait=3601", "wait must be");
+	rejects("data_export_id=x&wait=-1", "wait must be");
+	rejects("data_export_id=x&wait=1e9", "wait must be");
+	rejects("data_export_id=x&wait=+5", "wait must be");
+	rejects("data_export_id=x&wait=1.5", "wait must be");
+	rejects("data_export_id=x&wait=", "wait must be");
+	rejects("data_export_id=x&wait", "wait must be");
+	rejects("data_export_id=x&wait=00025", "wait must be");
+	rejects("data_export_id=x&wait=99999999999999999999", "wait must be");
+	rejects("data_export_id=x&wait=1&wait=2", "more than once");
+}
+
+static void prefers(const char *value, int expected)
+{
+	const char *message = NULL;
+	int wait = -7;
+
+	if (query_prefer_wait(value, &wait, &message) != 1)
+		fail_msg("Prefer \"%s\" not taken: %s", value, message ? message : "(none)");
+	assert_int_equal(wait, expected);
+}
+
+static void test_prefer_wait(void **state)
+{
+	const char *message = NULL;
+	int wait = -7;
+
+	(void)state;
+	prefers("wait=10", 10);
+	prefers("WAIT=10", 10);
+	prefers("respond-async, wait=25", 25);
+	prefers("wait=5, wait=9", 5); /* RFC 7240: the first one counts */
+	prefers("wait = 7 ;x=y", 7);
+	prefers("return=minimal,wait=\"12\"", 12);
+	prefers("  wait=0", 0);
+	assert_int_equal(query_prefer_wait("return=minimal", &wait, &message), 0);
+	assert_int_equal(query_prefer_wait("", &wait, &message), 0);
+	assert_int_equal(query_prefer_wait("waiting=5, handling=lenient", &wait, &message), 0);
+	assert_int_equal(wait, -7);
+	assert_int_equal(query_prefer_wait("wait=abc", &wait, &message), -1);
+	assert_non_null(strstr(message, "Prefer: wait"));
+	assert_int_equal(query_prefer_wait("wait", &wait, &message), -1);
+	assert_int_equal(query_prefer_wait("wait=", &wait, &message), -1);
+	assert_int_equal(query_prefer_wait("wait=-1", &wait, &message), -1);
+	assert_int_equal(query_prefer_wait("wait=3601", &wait, &message), -1);
+	assert_int_equal(query_prefer_wait("wait=\"", &wait, &message), -1);
+	assert_int_equal(query_prefer_wait("wait=1e9", &wait, &message), -1);
+}
+
 static void test_too_many_parameters(void **state)
 {
 	char raw[1024] = "data_export_id=a";
@@ -173,6 +237,8 @@ int main(void)
 		cmocka_unit_test(test_repeated_parameters),
 		cmocka_unit_test(test_unknown_and_empty_parameters),
 		cmocka_unit_test(test_too_many_parameters),
+		cmocka_unit_test(test_wait_values),
+		cmocka_unit_test(test_prefer_wait),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

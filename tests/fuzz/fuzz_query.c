@@ -1,6 +1,7 @@
 /*
- * fuzz_query.c -- libFuzzer target for query_parse(): the input is the raw query
- * string of /export_status as a client sends it. Checks what a successful parse
+ * fuzz_query.c -- libFuzzer target for query_parse() and query_prefer_wait():
+ * the input is the raw query string of /export_status as a client sends it,
+ * and the same bytes as a Prefer header's value. Checks what a successful parse
  * promises the callers; not a test of which messages are given.
  */
 #include <stdint.h>
@@ -37,6 +38,8 @@ static void check_query(const struct query *q)
 		abort();
 	if (q->download != 0 && q->download != 1)
 		abort();
+	if (q->wait < -1 || q->wait > QUERY_MAX_WAIT)
+		abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -45,6 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	char *raw = malloc(size + 1);
 	struct query q;
 	const char *message = NULL;
+	int wait = -1;
 
 	if (raw == NULL)
 		return 0;
@@ -54,6 +58,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_query(&q);
 	else if (message == NULL || message[0] == '\0')
 		abort();
+	message = NULL;
+	switch (query_prefer_wait(raw, &wait, &message)) {
+	case 1:
+		if (wait < 0 || wait > QUERY_MAX_WAIT)
+			abort();
+		break;
+	case 0:
+		break;
+	case -1:
+		if (message == NULL || message[0] == '\0')
+			abort();
+		break;
+	default:
+		abort();
+	}
 	free(raw);
 	return 0;
 }
