@@ -348,6 +348,23 @@ class TestWorkflow(ExportCase):
         self.assertTrue(raw)
         self.assertEqual(raw, gwtest.csv_bytes(0, len(raw)))
 
+    def test_start_then_one_held_download_call(self):
+        status, _, raw = self.post(body())
+        self.assertEqual(status, 200, raw)
+        export_id = json.loads(raw)["data_export_id"]
+        start = time.monotonic()
+        status, headers, raw = self.gw.request(
+            "GET", q(export_id, download="true", wait=25),
+            {"Authorization": STARTS["Authorization"]}, timeout=40)
+        took = time.monotonic() - start
+        self.assertEqual(status, 200, raw)
+        self.assertTrue(headers["content-type"].startswith("text/csv"), headers)
+        self.assertIn(headers["preference-applied"], ("wait=23", "wait=24", "wait=25"))
+        self.assertEqual(raw, gwtest.csv_bytes(0, len(raw)))
+        # the bundled upstream completes new exports about 6 s after they start
+        self.assertGreater(took, 4)
+        self.assertLess(took, 6 + 2 * gwtest.SLACK)
+
 
 if __name__ == "__main__":
     gwtest.main()
