@@ -103,6 +103,33 @@ static void test_sizes(void **state)
 	fake_script_clear(&script);
 }
 
+static void test_ready(void **state)
+{
+	struct fake_script script;
+
+	(void)state;
+	/* by the id's age, whatever the request count; other keys still apply */
+	parses("w;ready=10000;csv=2k;delay=5", &script);
+	assert_true(script.has_ready);
+	assert_int_equal(script.ready_ms, 10000);
+	assert_int_equal(script.csv_size, 2048);
+	assert_int_equal(script.delay_ms, 5);
+	assert_int_equal(script.state_count, 0);
+	assert_string_equal(fake_script_state(&script, 1, 0), "IN_PROGRESS");
+	assert_string_equal(fake_script_state(&script, 500, 9999), "IN_PROGRESS");
+	assert_string_equal(fake_script_state(&script, 1, 10000), "COMPLETED");
+	assert_string_equal(fake_script_state(&script, 2, 99999), "COMPLETED");
+	fake_script_clear(&script);
+	/* ready=0: COMPLETED from the first request on */
+	parses("w;ready=0", &script);
+	assert_true(script.has_ready);
+	assert_string_equal(fake_script_state(&script, 1, 0), "COMPLETED");
+	fake_script_clear(&script);
+	parses("w;ready=3600000", &script);
+	assert_int_equal(script.ready_ms, FAKE_MAX_DELAY_MS);
+	fake_script_clear(&script);
+}
+
 static void test_bad_scripts(void **state)
 {
 	char many[1024] = "m;states=";
@@ -127,6 +154,13 @@ static void test_bad_scripts(void **state)
 	refuses("x;throttle=0");
 	refuses("x;cut=-1");
 	refuses("x;raw=");
+	refuses("x;ready=");
+	refuses("x;ready=-1");
+	refuses("x;ready=10s");
+	refuses("x;ready=3600001");
+	/* time and request count cannot both decide the state, in either order */
+	refuses("x;ready=100;states=COMPLETED");
+	refuses("x;states=IN_PROGRESS:3,COMPLETED;ready=100");
 	for (int i = 0; i < FAKE_MAX_STATE_SLOTS + 1; i++)
 		strcat(many, i ? ",S" : "S");
 	refuses(many);
@@ -138,6 +172,7 @@ int main(void)
 		cmocka_unit_test(test_plain_name_and_defaults),
 		cmocka_unit_test(test_every_key),
 		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_ready),
 		cmocka_unit_test(test_bad_scripts),
 	};
 

@@ -92,6 +92,14 @@ static int fake_script_states(struct fake_script *script, char *value)
 	return 0;
 }
 
+static int fake_script_ready(struct fake_script *script, char *value)
+{
+	if (fake_parse_u64(value, FAKE_MAX_DELAY_MS, &script->ready_ms) != 0)
+		return -1;
+	script->has_ready = true;
+	return 0;
+}
+
 static int fake_script_delay(struct fake_script *script, char *value)
 {
 	return fake_parse_u64(value, FAKE_MAX_DELAY_MS, &script->delay_ms);
@@ -174,6 +182,7 @@ static const struct {
 	{ "body", fake_script_body },	      { "close", fake_script_close },
 	{ "csv", fake_script_csv },	      { "length", fake_script_length },
 	{ "throttle", fake_script_throttle }, { "cut", fake_script_cut },
+	{ "ready", fake_script_ready },
 };
 
 void fake_script_clear(struct fake_script *script)
@@ -208,6 +217,12 @@ enum fake_script_result fake_script_parse(struct fake_script *script, const char
 		    fake_script_keys[i].parse(script, value) != 0)
 			return FAKE_SCRIPT_BAD;
 	}
+	/*
+	 * Two answers to "which state now?" (by count and by time): rather than pick
+	 * one silently, the test that wrote both is told its script is wrong.
+	 */
+	if (script->has_ready && script->state_count > 0)
+		return FAKE_SCRIPT_BAD;
 	return FAKE_SCRIPT_OK;
 }
 
@@ -217,6 +232,8 @@ const char *fake_script_state(const struct fake_script *script, uint64_t authori
 	uint64_t upto = 0;
 	size_t i;
 
+	if (script->has_ready)
+		return age_ms < script->ready_ms ? "IN_PROGRESS" : "COMPLETED";
 	if (script->state_count == 0) {
 		if (age_ms < FAKE_REQUESTED_FOR_MS)
 			return "REQUESTED";

@@ -5,7 +5,11 @@
  * NAME[;key=value]*, e.g. "job7;states=REQUESTED:2,COMPLETED;csv=1m":
  *   states=S[:N],...  the k-th request for this id gets the slot it falls in, the
  *                     last slot repeats; a 3-digit slot ("503") answers that status.
- *                     Without it: REQUESTED for 2 s, IN_PROGRESS until 6 s, COMPLETED
+ *                     Without it (and without ready=): REQUESTED for 2 s, IN_PROGRESS
+ *                     until 6 s, COMPLETED
+ *   ready=MS          by time, not by request count: IN_PROGRESS until MS ms (at most
+ *                     an hour) after the fake first saw a request for this id, then
+ *                     COMPLETED; with states= too the script is bad
  *   delay=MS          wait before answering (at most an hour)
  *   status=CODE       answer CODE with {"error":"scripted CODE"} (3xx: with Location)
  *   body=invalid|big|html   broken JSON, a 1.5 MiB JSON, an HTML page
@@ -46,6 +50,8 @@ struct fake_script {
 	const char *name;
 	struct fake_state_slot states[FAKE_MAX_STATE_SLOTS];
 	size_t state_count;
+	bool has_ready;
+	uint64_t ready_ms; /* ready=: COMPLETED from this age of the id on */
 	uint64_t delay_ms;
 	int status; /* 0: not scripted */
 	enum fake_body body;

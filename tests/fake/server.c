@@ -18,9 +18,13 @@
  * IN_PROGRESS, then COMPLETED after 6 s), or "expN;SCRIPT" with the body's
  * "fake_script":"SCRIPT". "fake_answer":"CODE" answers CODE instead (or
  * "invalid": a 200 without an id), "fake_delay_ms":"N" answers after N ms.
- * GET /_stats counts requests per id, connections, client aborts, export_data
- * calls (and the last one's body) and shows the last request's headers; POST
- * /_reset forgets everything but the raw answers.
+ * GET /_stats counts requests per id ("by_id": {ID: N}), connections, client
+ * aborts, export_data calls (and the last one's body) and shows the last request's
+ * headers. "first_final_ms": {ID: MS} says when the first JSON answer with a final
+ * state (COMPLETED or FAILED) for ID was sent, in CLOCK_MONOTONIC milliseconds (the
+ * clock of Python's time.monotonic()), so a bench can time how late the gateway's
+ * clients learn it; an id never answered so is absent. POST /_reset forgets
+ * everything but the raw answers.
  */
 
 #include <errno.h>
@@ -88,6 +92,8 @@ struct fake_export {
 	uint64_t requests;   /* every /export_status request naming it, for /_stats */
 	uint64_t authorised; /* requests that passed auth; they walk states= */
 	uint64_t first_seen_ms;
+	bool sent_final;	 /* a JSON answer with a final state went out */
+	uint64_t first_final_ms; /* when the first one did (CLOCK_MONOTONIC) */
 	UT_hash_handle hh;
 };
 
@@ -345,6 +351,24 @@ static struct fake_export *fake_export_get(struct fake_server *server, const cha
 	return export;
 }
 
+/*
+ * Notes the first final state sent for id. Looked up by id, not kept as a pointer
+ * in the exchange: a /_reset during a delay= frees the record, and the answer of
+ * an id forgotten so is not counted.
+ */
+static void fake_export_note_sent(struct fake_server *server, const char *id, const char *state)
+{
+	struct fake_export *export = NULL;
+
+	if (!fake_state_is_final(state))
+		return;
+	HASH_FIND_STR(server->exports, id, export);
+	if (export == NULL || export->sent_final)
+		return;
+	export->sent_final = true;
+	export->first_final_ms = fake_now_us() / 1000;
+}
+
 static void fake_exports_clear(struct fake_server *server)
 {
 	struct fake_export *export, *tmp;
@@ -542,10 +566,14 @@ static void fake_exchange_reply_body(struct fake_exchange *ex)
 					     ex->script.body == FAKE_BODY_BIG);
 		break;
 	}
-	if (failed)
+	if (failed) {
 		fake_exchange_reply(ex, 500, NULL, NULL);
-	else
+	} else {
+		/* Only a state the client can read counts; html and broken JSON carry none. */
+		if (ex->script.body == FAKE_BODY_STATE || ex->script.body == FAKE_BODY_BIG)
+			fake_export_note_sent(ex->server, ex->id, ex->state);
 		fake_exchange_reply(ex, 200, content_type, body);
+	}
 	evbuffer_free(body);
 }
 
@@ -1367,6 +1395,17 @@ static void fake_handle_stats(struct fake_server *server, struct evhttp_request 
 		failed |= fake_buf_add(body, first ? "" : ",") != 0;
 		failed |= fake_json_add_string(body, export->id) != 0;
 		failed |= evbuffer_add_printf(body, ":%" PRIu64, export->requests) < 0;
+		first = false;
+	}
+	/* A map of its own beside by_id, whose values tests read as plain counts. */
+	failed |= fake_buf_add(body, "},\"first_final_ms\":{") != 0;
+	first = true;
+	HASH_ITER (hh, server->exports, export, tmp) {
+		if (!export->sent_final)
+			continue;
+		failed |= fake_buf_add(body, first ? "" : ",") != 0;
+		failed |= fake_json_add_string(body, export->id) != 0;
+		failed |= evbuffer_add_printf(body, ":%" PRIu64, export->first_final_ms) < 0;
 		first = false;
 	}
 	failed |= evbuffer_add_printf(body,
