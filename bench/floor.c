@@ -6,10 +6,11 @@
  * costs here is libevent's share of what it costs the gateway. Built by bench/run
  * into its temp dir; not built by make, not installed.
  *
- *	floor HOST PORT BODY
+ *	floor HOST PORT BODY ETAG
  *
- * BODY is the JSON the gateway answered for the export id wrk asks for; the
- * bench checks that both send the same headers and body before it measures.
+ * BODY is the JSON the gateway answered for the export id wrk asks for, ETAG
+ * the ETag it sent with it; the bench checks that both send the same headers
+ * and body before it measures.
  */
 #include <errno.h>
 #include <limits.h>
@@ -35,13 +36,15 @@
  * a hit says Age 0, ttl=1, max-age=1 in the entry's first second and 1, 0, 0 in its
  * second. These are the first second's, the same length as the others.
  */
-static const char *const floor_headers[][2] = {
+static const char *floor_headers[][2] = {
 	{ "X-Cache", "HIT" },
 	{ "Cache-Status", "gumloop-gateway; hit; ttl=1" },
 	{ "Age", "0" },
 	{ "Cache-Control", "private, max-age=1" },
+	{ "ETag", NULL }, /* argv's: the entry's, which the gateway makes once per entry */
 	{ "Content-Type", "application/json" },
 };
+#define FLOOR_ETAG_HEADER 4
 
 struct floor_answer {
 	const char *body; /* argv's, lives as long as the process */
@@ -140,10 +143,11 @@ int main(int argc, char **argv)
 	ev_uint16_t port;
 	int status = 1;
 
-	if (argc != 4 || floor_parse_port(argv[2], &port) != 0) {
-		fprintf(stderr, "usage: floor HOST PORT BODY\n");
+	if (argc != 5 || floor_parse_port(argv[2], &port) != 0) {
+		fprintf(stderr, "usage: floor HOST PORT BODY ETAG\n");
 		return 2;
 	}
+	floor_headers[FLOOR_ETAG_HEADER][1] = argv[4];
 	answer.body = argv[3];
 	answer.body_length = strlen(argv[3]);
 	base = floor_event_base();

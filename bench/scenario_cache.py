@@ -87,11 +87,11 @@ def build_floor(bench):
     return binary
 
 
-def start_floor(bench, body):
+def start_floor(bench, body, etag):
     """The floor on a free port, answering body with the gateway's hit headers."""
     binary = build_floor(bench)
     port = free_port(HOST)
-    cmd = [binary, HOST, str(port), body.decode()]
+    cmd = [binary, HOST, str(port), body.decode(), etag]
     bench.record("floor", cmd)
     log_path = bench.path("floor.log")
     bench.logs.append(("floor", log_path))
@@ -143,7 +143,8 @@ def run(bench, args, nofile):
                               {"STALE": "" if args.nginx_use_stale else "#"},
                               label="nginx+stale" if args.nginx_use_stale else "nginx")
     hit_headers, hit_body = gateway_hit(gateway, WARM_ID)
-    floor = start_floor(bench, hit_body)
+    floor = start_floor(bench, hit_body,
+                        dict((k.lower(), v) for k, v in hit_headers).get("etag", '""'))
     log("fake upstream :%d, gateway :%d, nginx :%d, floor :%d"
         % (direct.port, gateway.port, nginx.port, floor.port))
     report.text("Check", verify(bench, [gateway, nginx, direct]) + "\n"
