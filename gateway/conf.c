@@ -46,6 +46,8 @@ static int set_credential_kind(struct setting *setting);
 static int set_credential_names(struct setting *setting);
 static int set_rate(struct setting *setting);
 static int set_scopes(struct setting *setting);
+static int set_size(struct setting *setting);
+static int set_spool_dir(struct setting *setting);
 
 #define GLOBAL(name, set, field, min, max, default_value, flags)                                   \
 	{                                                                                          \
@@ -91,6 +93,9 @@ const struct conf_key conf_keys[] = {
 	GLOBAL("idempotency_max_keys", set_count, idempotency_max_keys, 1, 10000000, "100000", 0),
 	GLOBAL("wait_max", set_duration, wait_max_ms, 0, HOUR_MS, "25s", 0),
 	GLOBAL("max_waiting", set_count, max_waiting, 0, 1000000, "10000", 0),
+	GLOBAL("download_spool_dir", set_spool_dir, download_spool_dir, 0, 0, "/var/tmp", 0),
+	GLOBAL("download_spool_max", set_size, download_spool_max, 0, INT64_MAX, "4g", 0),
+	GLOBAL("download_cache_ttl", set_duration, download_cache_ttl_ms, 0, DAY_MS, "0", 0),
 	CREDENTIAL("user_id", set_secret, user_id, NULL, KEY_REQUIRED),
 	CREDENTIAL("api_key", set_secret, api_key, NULL, KEY_REQUIRED),
 	CREDENTIAL("kind", set_credential_kind, kind, "personal", 0),
@@ -293,6 +298,31 @@ static int set_count(struct setting *setting)
 	}
 	*(int64_t *)setting->field = (int64_t)number;
 	return 0;
+}
+
+static int set_size(struct setting *setting)
+{
+	const struct conf_key *key = setting->key;
+	uint64_t bytes;
+
+	if (value_parse_size(setting->value, &bytes) == -1 || bytes > (uint64_t)key->max) {
+		snprintf(setting->why, sizeof(setting->why),
+			 "'%s' is not a size (bytes, or with k, m, g)", setting->value);
+		return -1;
+	}
+	*(int64_t *)setting->field = (int64_t)bytes;
+	return 0;
+}
+
+/* "off", or an absolute directory (checked when a spool is made: it may come later). */
+static int set_spool_dir(struct setting *setting)
+{
+	if (strcmp(setting->value, "off") != 0 && setting->value[0] != '/') {
+		snprintf(setting->why, sizeof(setting->why),
+			 "must be an absolute directory or \"off\"");
+		return -1;
+	}
+	return set_string(setting, setting->value);
 }
 
 static int set_secret(struct setting *setting)
@@ -631,6 +661,7 @@ void conf_free(struct conf *conf)
 	free(conf->upstream);
 	free(conf->upstream_ca);
 	free(conf->access_log);
+	free(conf->download_spool_dir);
 	for (i = 0; i < conf->credential_count; i++) {
 		free(conf->credentials[i].name);
 		secret_free(conf->credentials[i].user_id);

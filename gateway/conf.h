@@ -77,10 +77,13 @@ struct conf {
 	int64_t cache_stale_if_error_ms;
 	int64_t client_timeout_ms;
 	int64_t drain_timeout_ms;
-	int64_t idempotency_ttl_ms;   /* Idempotency-Key answers kept this long (0: none) */
-	int64_t idempotency_max_keys; /* at most this many, least recently used first out */
-	int64_t wait_max_ms;	      /* longest hold for wait= / Prefer: wait (0: off) */
-	int64_t max_waiting;	      /* held requests at once; beyond: answered at once */
+	int64_t idempotency_ttl_ms;    /* Idempotency-Key answers kept this long (0: none) */
+	int64_t idempotency_max_keys;  /* at most this many, least recently used first out */
+	int64_t wait_max_ms;	       /* longest hold for wait= / Prefer: wait (0: off) */
+	int64_t max_waiting;	       /* held requests at once; beyond: answered at once */
+	int64_t download_cache_ttl_ms; /* a complete spool kept this long (0: not kept) */
+	int64_t download_spool_max;    /* bytes, all spools together */
+	char *download_spool_dir;      /* where spools are made (O_TMPFILE), or "off" */
 
 	int64_t cache_max_entries;
 	int64_t max_connections;

@@ -14,9 +14,12 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include <event2/bufferevent_ssl.h>
+
 #include "cache.h"
 #include "checks.h"
 #include "conf.h"
+#include "fanout.h"
 #include "listeners.h"
 #include "log.h"
 #include "metrics.h"
@@ -26,6 +29,19 @@ void download_release(struct exchange *ex)
 {
 	if (ex->state == EXCHANGE_DOWNLOAD_HEAD || ex->state == EXCHANGE_STREAMING)
 		ex->server->downloads--;
+}
+
+uint64_t download_bytes_handed(const struct exchange *ex)
+{
+	return ex->fan != NULL ? fan_client_bytes_handed(ex->fan) : relay_bytes_handed(ex->relay);
+}
+
+void download_free(struct exchange *ex)
+{
+	relay_free(ex->relay);
+	ex->relay = NULL;
+	fan_client_free(ex->fan);
+	ex->fan = NULL;
 }
 
 static void on_answer(const struct cache_answer *answer, const char *content_range, void *arg)
@@ -92,7 +108,10 @@ static void on_drained(struct evhttp_connection *evcon, void *arg)
 	struct exchange *ex = arg;
 
 	(void)evcon;
-	relay_drained(ex->relay);
+	if (ex->fan != NULL)
+		fan_client_drained(ex->fan);
+	else
+		relay_drained(ex->relay);
 }
 
 static void on_piece(struct evbuffer *piece, void *arg)
@@ -119,7 +138,9 @@ static void on_ended(enum relay_end how, uint64_t bytes, void *arg)
 		evhttp_send_reply_end(ex->req); /* may end the exchange before it returns */
 		return;
 	}
-	metrics_download_finished(METRICS_DOWNLOAD_FAILED);
+	/* a shared transfer counts its failure once; each of its clients is aborted */
+	metrics_download_finished(ex->fan != NULL ? METRICS_DOWNLOAD_ABORTED
+						  : METRICS_DOWNLOAD_FAILED);
 	ex->end_note = "upstream-failed-mid-body";
 	/*
 	 * No final chunk, or short of Content-Length: the client sees a truncated
@@ -145,6 +166,7 @@ void download_start(struct exchange *ex, const struct conf_credential *credentia
 	struct server *server = ex->server;
 	const struct evkeyvalq *headers = evhttp_request_get_input_headers(ex->req);
 	struct relay_request request = { .head = ex->head, .needs_length = ex->http10 };
+	struct bufferevent *bev;
 
 	if (checks_forwarded_header(headers, "Range", &request.range) < 0 ||
 	    checks_forwarded_header(headers, "If-Range", &request.if_range) < 0) {
@@ -158,10 +180,15 @@ void download_start(struct exchange *ex, const struct conf_credential *credentia
 				     "max_downloads downloads are running; retry shortly");
 		return;
 	}
-	relay_free(ex->relay); /* a held download's first try, which got JSON */
-	ex->relay = relay_start(server->base, server->upstream, server->cache, server->conf,
-				credential, q, &request, &relay_events, ex);
-	if (ex->relay == NULL) {
+	download_free(ex); /* a held download's first try, which got JSON */
+	bev = evhttp_connection_get_bufferevent(ex->connection);
+	request.plain_socket = bev != NULL && bufferevent_openssl_get_ssl(bev) == NULL;
+	ex->fan = fanout_join(server->fanout, credential, q, &request, &relay_events, ex,
+			      &ex->joined);
+	if (ex->fan == NULL)
+		ex->relay = relay_start(server->base, server->upstream, server->cache, server->conf,
+					credential, q, &request, &relay_events, ex);
+	if (ex->relay == NULL && ex->fan == NULL) {
 		exchange_reply_error(ex, 503, "unavailable",
 				     "the upstream request could not be started");
 		return;

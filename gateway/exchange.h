@@ -36,6 +36,8 @@ struct evbuffer_cb_entry;
 struct event;
 struct event_base;
 struct listeners;
+struct fan_client;
+struct fanout;
 struct holds;
 struct relay;
 struct status_wait;
@@ -60,6 +62,7 @@ struct server {
 	struct export_call *exports;	 /* POST /export_data calls in flight (export_data.c) */
 	struct idempotency *idempotency; /* their Idempotency-Key records */
 	struct holds *holds;		 /* status requests held (wait=) */
+	struct fanout *fanout;		 /* shared download transfers */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */
@@ -86,6 +89,8 @@ struct exchange {
 	enum route route;
 	struct cache_waiter *waiter;	 /* EXCHANGE_WAITING */
 	struct relay *relay;		 /* a download's, until the exchange closes */
+	struct fan_client *fan;		 /* or its place in a shared transfer (fanout.c) */
+	int joined;			 /* that transfer was running (or kept) when it came */
 	struct export_call *export_call; /* POST /export_data's, while it waits */
 	struct status_wait *wait;	 /* a status call that asked to wait (export_status.c) */
 	const char *if_none_match;	 /* a status call's If-None-Match, NULL when none */
@@ -174,6 +179,10 @@ void download_start(struct exchange *ex, const struct conf_credential *credentia
 		    const struct query *q);
 /* Gives back the exchange's max_downloads slot, if it holds one. */
 void download_release(struct exchange *ex);
+/* Body bytes handed to evhttp so far (some may still be queued). */
+uint64_t download_bytes_handed(const struct exchange *ex);
+/* Frees the exchange's relay or fan-out client (the exchange ends, or retries). */
+void download_free(struct exchange *ex);
 
 /* watch.c */
 

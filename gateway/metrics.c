@@ -32,6 +32,8 @@ static struct {
 	uint64_t reloads_failed;
 	uint64_t access_log_dropped;
 	int64_t waiting;
+	uint64_t downloads_joined;
+	uint64_t spool_bytes;
 	uint64_t waits[METRICS_WAIT_RESULT_COUNT];
 } counters;
 
@@ -95,6 +97,21 @@ void metrics_wait_finished(enum metrics_wait_result result)
 	counters.waiting--;
 	if (result < METRICS_WAIT_RESULT_COUNT)
 		counters.waits[result]++;
+}
+
+void metrics_download_joined(void)
+{
+	counters.downloads_joined++;
+}
+
+void metrics_download_transfer_failed(void)
+{
+	counters.downloads[METRICS_DOWNLOAD_FAILED]++;
+}
+
+void metrics_spool_bytes(uint64_t bytes)
+{
+	counters.spool_bytes = bytes;
 }
 
 void metrics_download_started(void)
@@ -228,6 +245,13 @@ static int render_downloads_and_process(struct evbuffer *out)
 		failed |= evbuffer_add_printf(
 				  out, "gumloop_gateway_downloads_total{result=\"%s\"} %llu\n",
 				  download_names[i], (unsigned long long)counters.downloads[i]) < 0;
+	failed |= evbuffer_add_printf(out,
+				      "gumloop_gateway_downloads_total{result=\"joined\"} %llu\n",
+				      (unsigned long long)counters.downloads_joined) < 0;
+	failed |= family(out, "gumloop_gateway_spool_bytes", "gauge",
+			 "Bytes in download spools (fan-out) now.") < 0;
+	failed |= evbuffer_add_printf(out, "gumloop_gateway_spool_bytes %llu\n",
+				      (unsigned long long)counters.spool_bytes) < 0;
 	failed |= family(out, "gumloop_gateway_download_bytes_total", "counter",
 			 "CSV bytes relayed to clients.") < 0;
 	failed |= evbuffer_add_printf(out, "gumloop_gateway_download_bytes_total %llu\n",

@@ -42,6 +42,12 @@ void metrics_upstream(int code, int timed_out, double seconds);
 void metrics_download_started(void);
 void metrics_download_finished(enum metrics_download_result result);
 void metrics_download_bytes(uint64_t bytes);
+/* A download joined a shared transfer (or a kept spool). */
+void metrics_download_joined(void);
+/* A shared transfer failed mid-body (once; its clients count as aborted). */
+void metrics_download_transfer_failed(void);
+/* Bytes in download spools now. */
+void metrics_spool_bytes(uint64_t bytes);
 void metrics_connection_opened(void);
 void metrics_connection_closed(void);
 void metrics_reload(int ok);

@@ -41,6 +41,7 @@ struct relay_request {
 	int needs_length;  /* an HTTP/1.0 client: no chunked framing to end a body */
 	const char *range; /* validated Range and If-Range to forward, or NULL */
 	const char *if_range;
+	int plain_socket; /* the client is a plain TCP socket: sendfile can reach it */
 };
 
 struct relay_events {

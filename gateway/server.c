@@ -30,6 +30,7 @@
 #include "cache.h"
 #include "checks.h"
 #include "conf.h"
+#include "fanout.h"
 #include "hold.h"
 #include "http_text.h"
 #include "idempotency.h"
@@ -130,7 +131,10 @@ static void access_log_write(const struct exchange *ex, const char *outcome)
 		.cache = ex->cache_result,
 		.upstream_status = ex->upstream_status,
 		.export_id = ex->export_id,
-		.outcome = outcome,
+		/* a download that shared another's transfer says so */
+		.outcome = outcome != NULL ? outcome
+			   : ex->joined	   ? "joined"
+					   : NULL,
 	};
 
 	if (ex->server->access_log == NULL)
@@ -156,10 +160,11 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	struct server *server = ex->server;
 	int restore_timeouts = ex->output_watch != NULL;
 
-	if (ex->relay != NULL && (ex->state == EXCHANGE_STREAMING ||
-				  ex->state == EXCHANGE_CUTTING || ex->state == EXCHANGE_REPLIED)) {
+	if ((ex->relay != NULL || ex->fan != NULL) &&
+	    (ex->state == EXCHANGE_STREAMING || ex->state == EXCHANGE_CUTTING ||
+	     ex->state == EXCHANGE_REPLIED)) {
 		/* body bytes that left, not those still queued when the end came */
-		uint64_t handed = relay_bytes_handed(ex->relay);
+		uint64_t handed = download_bytes_handed(ex);
 		size_t queued = ex->output != NULL ? evbuffer_get_length(ex->output) : 0;
 
 		ex->bytes = (size_t)(handed > queued ? handed - queued : 0);
@@ -177,8 +182,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	if (ex->state == EXCHANGE_STREAMING)
 		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
 	download_release(ex);
-	relay_free(ex->relay);
-	ex->relay = NULL;
+	download_free(ex);
 	if (ex->input_capped)
 		listeners_cap_input(ex->connection, 0);
 	if (ex->owner != NULL) {
@@ -554,6 +558,8 @@ static int server_apply(struct server *server, struct conf *conf)
 		cache_set_conf(server->cache, conf);
 	if (server->holds != NULL)
 		holds_set_conf(server->holds, conf);
+	if (server->fanout != NULL)
+		fanout_set_conf(server->fanout, conf);
 	upstream_set_conf(server->upstream, conf);
 	conf_free(server->conf);
 	server->conf = conf;
@@ -589,7 +595,8 @@ struct server *server_new(struct event_base *base, struct conf *conf)
 	if (server->cache == NULL)
 		goto fail;
 	server->holds = holds_new(base, server->cache, conf);
-	if (server->holds == NULL)
+	server->fanout = fanout_new(base, server->upstream, server->cache, conf);
+	if (server->holds == NULL || server->fanout == NULL)
 		goto fail;
 	if (server_apply(server, conf) < 0)
 		goto fail;
@@ -624,6 +631,7 @@ void server_free(struct server *server)
 	/* Closes every connection; their exchanges end in on_connection_closed. */
 	listeners_free(server->listeners);
 	holds_free(server->holds);
+	fanout_free(server->fanout);
 	cache_free(server->cache);
 	upstream_free(server->upstream);
 	export_data_free_all(server);

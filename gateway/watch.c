@@ -36,11 +36,22 @@ void watch_client_stop(struct exchange *ex)
  * watch the socket ourselves meanwhile, as nginx does. A FIN shows as EV_CLOSED
  * (epoll's EPOLLRDHUP, seen even behind unread bytes such as a TLS close_notify);
  * a reset as EPOLLERR|EPOLLHUP, which libevent reports as EV_READ|EV_WRITE, never
- * as EV_CLOSED: so the watch takes EV_READ too, edge-triggered, so that bytes a
- * client sends meanwhile (a pipelined request) wake it once, not on every turn.
+ * as EV_CLOSED: so the watch takes EV_READ too. Level-triggered, not
+ * edge-triggered: libevent 2.1 keeps EPOLLET on a socket after an edge-triggered
+ * event on it is deleted in the same batch as the write that follows, and its
+ * bufferevents write one chain per callback (a file segment for sendfile, then
+ * the next), so an edge-triggered socket would stall the answer. Bytes a client
+ * sends meanwhile (a pipelined request) would wake a level-triggered read on
+ * every turn, so once it has some the watch keeps EV_CLOSED, and looks at the
+ * socket's error (a reset) every WATCH_RESET_CHECK_MS instead.
  * The client gone, the connection is closed now, which aborts the upstream call
  * through on_connection_closed.
  */
+static void watch_add(struct exchange *ex, evutil_socket_t fd, short kind,
+		      const struct timeval *every);
+
+#define WATCH_RESET_CHECK_MS 200
+
 static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 {
 	struct exchange *ex = arg;
@@ -52,42 +63,49 @@ static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 	if (!(what & EV_CLOSED)) {
 		if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error != 0) {
 			ex->end_note = "client-reset";
+		} else if (what & EV_TIMEOUT) {
+			return; /* the periodic look: no reset */
 		} else {
 			n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-			if (n > 0 ||
-			    (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
-				return; /* bytes waiting, or nothing after all */
+			if (n > 0) {
+				/* bytes waiting: a read watch would fire on every turn */
+				struct timeval every = { 0, WATCH_RESET_CHECK_MS * 1000 };
+				short kind = EV_PERSIST;
+
+				if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
+					kind |= EV_CLOSED;
+				watch_client_stop(ex);
+				watch_add(ex, fd, kind, &every);
+				return;
+			}
+			if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+				return; /* nothing after all */
 		}
 	}
 	evhttp_connection_free(ex->connection);
+}
+
+static void watch_add(struct exchange *ex, evutil_socket_t fd, short kind,
+		      const struct timeval *every)
+{
+	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
+	if (ex->client_watch == NULL || event_add(ex->client_watch, every) < 0) {
+		log_warn("%s: cannot watch the client connection", __func__);
+		watch_client_stop(ex);
+	}
 }
 
 void watch_client_start(struct exchange *ex)
 {
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(ex->connection);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-	short kind = EV_READ | EV_ET | EV_PERSIST;
+	short kind = EV_READ | EV_PERSIST;
 
 	if (fd < 0)
 		return;
 	if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
 		kind |= EV_CLOSED;
-	ex->client_watch = event_new(ex->server->base, fd, kind, on_client_watch, ex);
-	if (ex->client_watch != NULL && event_add(ex->client_watch, NULL) == 0)
-		return;
-	/*
-	 * libevent refuses an edge-triggered event beside a level-triggered one on
-	 * the same socket (a TLS bufferevent may keep one): a FIN is still seen.
-	 */
-	watch_client_stop(ex);
-	kind &= ~(EV_ET | EV_READ);
-	ex->client_watch = kind & EV_CLOSED
-				   ? event_new(ex->server->base, fd, kind, on_client_watch, ex)
-				   : NULL;
-	if (ex->client_watch == NULL || event_add(ex->client_watch, NULL) < 0) {
-		log_warn("%s: cannot watch the client connection", __func__);
-		watch_client_stop(ex);
-	}
+	watch_add(ex, fd, kind, NULL);
 }
 
 /* Download progress: the client's output buffer drains, or nothing is owed. */

@@ -202,11 +202,12 @@ class TestDownloadShortCut(CacheCase):
         self.assertEqual((headers["x-cache"], body2), ("HIT", body))
         self.assertEqual(self.calls(export_id), 1)
 
-    def test_downloads_are_not_coalesced(self):
+    def test_concurrent_downloads_share_one_transfer(self):
         export_id = fresh("states=COMPLETED;csv=64;delay=300")
         results = self.concurrently([lambda: self.get(q(export_id, download="true"))] * 3)
         self.assertEqual([r[0] for r in results], [200] * 3)
-        self.assertEqual(self.calls(export_id), 3)
+        self.assertEqual({r[2] for r in results}, {gwtest.csv_bytes(0, 64)})
+        self.assertEqual(self.calls(export_id), 1)
 
 
 class TestCoalescing(CacheCase):
