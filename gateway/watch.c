@@ -72,7 +72,8 @@ static void on_client_watch(evutil_socket_t fd, short what, void *arg)
 				struct timeval every = { 0, WATCH_RESET_CHECK_MS * 1000 };
 				short kind = EV_PERSIST;
 
-				if (event_base_get_features(ex->server->base) & EV_FEATURE_EARLY_CLOSE)
+				if (event_base_get_features(ex->server->base) &
+				    EV_FEATURE_EARLY_CLOSE)
 					kind |= EV_CLOSED;
 				watch_client_stop(ex);
 				watch_add(ex, fd, kind, &every);
