@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -274,6 +275,51 @@ class TestKeptSpool(FanoutCase):
         wait_for(lambda: not spool_fds(self.gw.proc.pid), timeout=5, what="the kept spool closed")
         self.assertEqual(self.download(export_id).join().length, size)
         self.assertEqual(self.calls(export_id), 2)
+
+
+class TestFullDisk(FanoutCase):
+    """The spool's file system fills up mid-transfer (a 1 MiB tmpfs)."""
+    spool_dir = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.spool_dir = os.path.join(state["tmp"].path, "small-spool")
+        os.makedirs(cls.spool_dir, exist_ok=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
+                                  cls.spool_dir], capture_output=True)
+        if mounted.returncode != 0:
+            raise unittest.SkipTest("cannot mount a small tmpfs: %s" % mounted.stderr.decode())
+        cls.overrides = dict(FanoutCase.overrides, download_spool_dir=cls.spool_dir)
+        try:
+            super().setUpClass()
+        except BaseException:
+            subprocess.run(["umount", cls.spool_dir])
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            super().tearDownClass()
+        finally:
+            subprocess.run(["umount", cls.spool_dir])
+
+    def test_enospc_cuts_every_client_after_what_was_spooled(self):
+        export_id = fresh("csv=4m;throttle=%d" % (8 << 20))
+        downloads = [self.download(export_id) for _ in range(2)]
+        for d in downloads:
+            d.join()
+            self.assertEqual(d.status, 200)
+            self.assertFalse(d.complete)
+            self.assertGreater(d.length, 0)
+            self.assertLessEqual(d.length, 1 << 20)
+            self.assertEqual(d.md5.hexdigest(),
+                             hashlib.md5(gwtest.csv_bytes(0, d.length)).hexdigest())
+        self.assertIn("cannot write its spool", self.gw.logs())
+        self.assertEqual(self.calls(export_id), 1)
+        # the spool is gone with its clients: the next download has the room again
+        wait_for(lambda: not spool_fds(self.gw.proc.pid), timeout=5, what="the spool closed")
+        small = self.download(fresh("csv=%d" % (256 << 10))).join()
+        self.assertEqual((small.length, small.complete), (256 << 10, True))
 
 
 class TestNoSpool(FanoutCase):
