@@ -314,6 +314,23 @@ class TestTls(unittest.TestCase):
         self.assertTrue("GCM" in cipher[0] or "CHACHA20" in cipher[0], cipher)
         self.assertEqual(self.gw.request("GET", "/healthz")[0], 200)  # plain listener too
 
+    def test_downloads_over_tls_share_one_transfer(self):
+        # a TLS listener cannot sendfile: the spool's segments are read into memory
+        export_id = "tlsdl-%d;states=COMPLETED;csv=3m;throttle=%d" % (os.getpid(), 4 << 20)
+        results = []
+
+        def one():
+            results.append(self.https(q(export_id, download="true")))
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for status, body, _, _ in results:
+            self.assertEqual((status, len(body)), (200, 3 << 20))
+            self.assertEqual(body, gwtest.csv_bytes(0, 3 << 20))
+        self.assertEqual(state["fake"].stats()["by_id"][export_id], 1)
+
     def test_client_leaving_while_waiting_over_tls_aborts_upstream(self):
         fake = state["fake"]
         context = ssl.create_default_context(cafile=state["ca"].ca_cert)

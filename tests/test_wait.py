@@ -334,6 +334,7 @@ class TestETag(WaitCase):
     def test_304_for_the_same_body(self):
         export_id = fresh("states=IN_PROGRESS")
         status, headers, body = self.get(q(export_id))
+        self.assertEqual(status, 200, body)
         etag = headers["etag"]
         self.assertRegex(etag, r'^"[0-9a-f]{16}"$')
         for value in (etag, "W/" + etag, '"other", ' + etag, "*"):
