@@ -30,6 +30,7 @@
 struct held_key {
 	char *key; /* the cache's: hash_key_join(user id, export id) */
 	UT_hash_handle hh;
+	int in_table;
 	struct holds *holds;
 	struct hold *holds_list; /* utlist */
 	char *user_id;		 /* which credential refreshes it */
@@ -67,7 +68,8 @@ static void key_free(struct held_key *key)
 {
 	struct holds *holds = key->holds;
 
-	HASH_DEL(holds->keys, key);
+	if (key->in_table)
+		HASH_DEL(holds->keys, key);
 	/* its answer still reaches the observer; this key is just not there */
 	cache_waiter_cancel(key->refresh);
 	if (key->timer != NULL)
@@ -297,16 +299,11 @@ static struct held_key *key_new(struct holds *holds, const char *name, const cha
 	HASH_ADD_KEYPTR(hh, holds->keys, key->key, strlen(key->key), key);
 	if (hash_add_failed)
 		goto fail;
+	key->in_table = 1;
 	key_arm(key, answer);
 	return key;
 fail:
-	if (key->timer != NULL)
-		event_free(key->timer);
-	free(key->key);
-	free(key->user_id);
-	free(key->content_type);
-	free(key->body);
-	free(key);
+	key_free(key);
 	return NULL;
 }
 

@@ -193,7 +193,8 @@ class TestOneTransfer(FanoutCase):
             slow.close()
 
     def test_a_cut_is_a_cut_for_every_client_in_both_framings(self):
-        for script in ("csv=10m;cut=3000000;throttle=%d" % (20 << 20) + "", "csv=10m;cut=3000000;length=0;throttle=%d" % (20 << 20)):
+        for script in ("csv=10m;cut=3000000;throttle=%d" % (2 << 20),
+                       "csv=10m;cut=3000000;length=0;throttle=%d" % (2 << 20)):
             export_id = fresh(script)
             failed = self.metric('gumloop_gateway_downloads_total{result="failed"}')
             aborted = self.metric('gumloop_gateway_downloads_total{result="aborted"}')
