@@ -18,6 +18,8 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 /* http_struct.h: the request's HTTP version and method, which 2.1 has no getter for */
@@ -258,6 +260,27 @@ void exchange_close_after_reply(struct exchange *ex)
 }
 
 /*
+ * A reply made outside its request's dispatch turn (coalesced waiters woken by
+ * one upstream answer, held requests let go by one refresh: thousands in one
+ * turn) is written to a plain socket now, instead of in a later turn behind all
+ * the replies of the same wake-up; evhttp's write callback, which finishes the
+ * request, runs deferred as it would after its own write. A TLS connection, or
+ * a socket that takes only part of it, is left to the bufferevent as usual.
+ */
+static void write_now(struct exchange *ex)
+{
+	struct bufferevent *bev =
+		ex->connection != NULL ? evhttp_connection_get_bufferevent(ex->connection) : NULL;
+	struct evbuffer *output;
+
+	if (bev == NULL || bufferevent_openssl_get_ssl(bev) != NULL || bufferevent_getfd(bev) < 0)
+		return;
+	output = bufferevent_get_output(bev);
+	if (evbuffer_write(output, bufferevent_getfd(bev)) > 0 && evbuffer_get_length(output) == 0)
+		bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/*
  * Sends the reply whose body is in the request's output buffer (none for
  * HEAD). Date and Content-Length are written here rather than by libevent,
  * which would format its Date with gmtime and printf for every reply.
@@ -283,6 +306,8 @@ static void send_reply(struct exchange *ex, int status, const char *content_type
 	/* answered in its dispatch turn (and not closed already by a TLS write) */
 	if (server->dispatching == ex)
 		listeners_pause_input(ex->connection);
+	else
+		write_now(ex);
 }
 
 void exchange_reply(struct exchange *ex, int status, const char *content_type,
