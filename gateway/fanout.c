@@ -40,6 +40,8 @@
 
 /* A client is handed at most this much of the spool per piece. */
 #define FAN_PIECE (256 * 1024)
+/* Upstream bytes are gathered up to this much (or one loop turn) per pwrite. */
+#define FAN_GATHER (256 * 1024)
 
 /* Response headers a download passes through, as the relay's (relay.c). */
 static const char *const passed_headers[] = {
@@ -56,14 +58,16 @@ struct transfer {
 	struct upstream_call *call; /* NULL once done */
 	int fd;			    /* the spool */
 	uint64_t written;	    /* bytes in the spool */
-	int64_t expected;	    /* upstream's Content-Length, or -1 */
-	int status;		    /* the head's, once streaming */
-	struct evkeyvalq headers;   /* passed through to every client */
-	int streaming;		    /* the head said: a body to spool */
-	int complete;		    /* all of it is in the spool */
-	int failed;		    /* it never will be: clients are cut after what is there */
-	int busy;		    /* in a callback: the last client leaving does not free it */
-	int listed;		    /* in fanout->all */
+	char *gathered;		    /* FAN_GATHER bytes: body not yet written */
+	size_t gathered_length;
+	int64_t expected;	  /* upstream's Content-Length, or -1 */
+	int status;		  /* the head's, once streaming */
+	struct evkeyvalq headers; /* passed through to every client */
+	int streaming;		  /* the head said: a body to spool */
+	int complete;		  /* all of it is in the spool */
+	int failed;		  /* it never will be: clients are cut after what is there */
+	int busy;		  /* in a callback: the last client leaving does not free it */
+	int listed;		  /* in fanout->all */
 	struct fan_client *clients;
 	struct event *notify; /* hands new bytes to the clients, once per turn */
 	struct event *expiry; /* a kept complete spool's end */
@@ -98,6 +102,8 @@ struct fanout {
 	int dir_failed_logged;
 };
 
+static int spool_flush(struct transfer *t);
+
 static void transfer_free(struct transfer *t)
 {
 	struct fanout *fanout = t->fanout;
@@ -116,6 +122,7 @@ static void transfer_free(struct transfer *t)
 	if (t->expiry != NULL)
 		event_free(t->expiry);
 	evhttp_clear_headers(&t->headers);
+	free(t->gathered);
 	free(t->key);
 	free(t->user_id);
 	free(t);
@@ -159,8 +166,9 @@ void fan_client_free(struct fan_client *client)
 		evbuffer_free(client->piece);
 	free(client->content_range);
 	free(client);
-	if (t != NULL)
-		transfer_settle(t);
+	if (t == NULL)
+		return;
+	transfer_settle(t);
 }
 
 uint64_t fan_client_bytes_handed(const struct fan_client *client)
@@ -300,6 +308,9 @@ static void on_notify(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	/* a failed write marks t failed: the next piece from upstream aborts it */
+	if (t->gathered_length > 0)
+		(void)spool_flush(t);
 	pump_all(t);
 	transfer_settle(t);
 }
@@ -340,18 +351,13 @@ static enum upstream_mode on_headers(const struct upstream_head *head, void *arg
 	return UPSTREAM_STREAM;
 }
 
-static int on_data(const char *bytes, size_t length, void *arg)
+/* Writes what was gathered into the spool. -1 (logged, t failed) when it cannot. */
+static int spool_flush(struct transfer *t)
 {
-	struct transfer *t = arg;
-	int overflow = 0;
+	const char *bytes = t->gathered;
+	size_t length = t->gathered_length;
 
-	if (t->expected >= 0 && t->written + length > (uint64_t)t->expected) {
-		log_warn("download of %s: upstream sent more than its Content-Length; the "
-			 "excess is dropped",
-			 t->export_id);
-		length = (size_t)((uint64_t)t->expected - t->written);
-		overflow = 1;
-	}
+	t->gathered_length = 0;
 	while (length > 0) {
 		ssize_t n = pwrite(t->fd, bytes, length, (off_t)t->written);
 
@@ -371,6 +377,41 @@ static int on_data(const char *bytes, size_t length, void *arg)
 		t->fanout->spool_bytes += (uint64_t)n;
 	}
 	metrics_spool_bytes(t->fanout->spool_bytes);
+	return 0;
+}
+
+/*
+ * libcurl hands over a TLS record (16 KiB) at a time: gathered, they cost one
+ * pwrite per FAN_GATHER bytes, and the clients see them once per loop turn.
+ */
+static int on_data(const char *bytes, size_t length, void *arg)
+{
+	struct transfer *t = arg;
+	int overflow = 0;
+
+	if (t->failed)
+		return -1;
+	if (t->expected >= 0 && t->written + t->gathered_length + length > (uint64_t)t->expected) {
+		log_warn("download of %s: upstream sent more than its Content-Length; the "
+			 "excess is dropped",
+			 t->export_id);
+		length = (size_t)((uint64_t)t->expected - t->written - t->gathered_length);
+		overflow = 1;
+	}
+	while (length > 0) {
+		size_t room, taken;
+
+		if (t->gathered == NULL && (t->gathered = malloc(FAN_GATHER)) == NULL)
+			return -1;
+		room = FAN_GATHER - t->gathered_length;
+		taken = length < room ? length : room;
+		memcpy(t->gathered + t->gathered_length, bytes, taken);
+		t->gathered_length += taken;
+		bytes += taken;
+		length -= taken;
+		if (t->gathered_length == FAN_GATHER && spool_flush(t) < 0)
+			return -1;
+	}
 	event_active(t->notify, EV_TIMEOUT, 0);
 	return overflow ? -1 : 0;
 }
@@ -399,6 +440,8 @@ static void on_done(const struct upstream_result *result, void *arg)
 		cache_settle(t->fanout->cache, t->user_id, t->export_id, t->credential, result,
 			     on_answer, t);
 	} else {
+		if (t->gathered_length > 0)
+			(void)spool_flush(t); /* a failure marks t failed */
 		if (result->outcome == UPSTREAM_OK && !t->failed && t->expected >= 0 &&
 		    t->written != (uint64_t)t->expected)
 			error = "the body did not match its Content-Length";
