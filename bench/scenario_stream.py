@@ -123,11 +123,25 @@ def one_download(bench, target, export_id, size, servers):
     return res
 
 
+def metrics_patiently(bench, gateway, timeout=60):
+    """The gateway's /metrics; a gateway too busy to answer within benchlib's 15 s is
+    asked again (up to timeout), so that a slow answer is a figure, not an error."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            return bench.gateway_metrics(gateway)
+        except OSError as e:  # socket.timeout, a refused or reset connection
+            if time.monotonic() - t0 >= timeout:
+                raise RuntimeError("the gateway's /metrics did not answer within %d s (%s)"
+                                   % (timeout, e))
+            log("the gateway's /metrics did not answer (%s); asking again" % e)
+
+
 def wait_downloads_idle(bench, gateway, timeout=15):
     """Seconds until the gateway's downloads_active is 0 again (None: not in time)."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        if bench.gateway_metrics(gateway).get("gumloop_gateway_downloads_active", 1) == 0:
+        if metrics_patiently(bench, gateway).get("gumloop_gateway_downloads_active", 1) == 0:
             return time.monotonic() - t0
         time.sleep(0.05)
     return None
@@ -144,7 +158,7 @@ def concurrent(bench, target, fake, tag, slow):
     cmds = [bench.curl_cmd(target, i, extra=extra) for i in ids]
     bench.record("%d concurrent %s downloads, %s (one of %d; ids s0…s%d)"
                  % (CONC_N, kind, target.label, CONC_N, CONC_N - 1), cmds[0])
-    metrics0 = bench.gateway_metrics(target) if target.name == "gateway" else None
+    metrics0 = metrics_patiently(bench, target) if target.name == "gateway" else None
     cpu0 = (cpu_seconds(target.pid), cpu_seconds(fake.pid), children_cpu_seconds(),
             machine_busy_seconds())
     sampler = RssSampler(target.pid).start()
@@ -189,7 +203,7 @@ def concurrent(bench, target, fake, tag, slow):
     if metrics0 is not None:
         if not slow:
             wait_downloads_idle(bench, target)
-        m1 = bench.gateway_metrics(target)
+        m1 = metrics_patiently(bench, target)
         res["results"] = {r: int(m1.get('gumloop_gateway_downloads_total{result="%s"}' % r, 0)
                                  - metrics0.get('gumloop_gateway_downloads_total{result="%s"}'
                                                 % r, 0))
@@ -229,12 +243,15 @@ def run(bench, args, nofile):
     report = Report("stream")
     report.raw_title = "Raw curl output (1 GiB downloads)"
     direct = bench.start_fake()
+    extra = list(getattr(args, "gateway_conf", []))  # bench/run --gateway-conf KEY=VALUE
     gateway = bench.start_gateway([("client_timeout", "60s"), ("upstream_idle_timeout", "60s"),
-                                   ("max_downloads", "256")])
+                                   ("max_downloads", "256")] + extra)
     nginx = bench.start_nginx(nofile, "nginx-stream.conf.in")
     log("fake upstream :%d, gateway :%d, nginx :%d" % (direct.port, gateway.port, nginx.port))
     targets = (direct, gateway, nginx)
-    report.text("Check", verify_stream(bench, targets))
+    report.text("Check", verify_stream(bench, targets) + (
+        "\n\nGateway settings from `--gateway-conf`: %s."
+        % ", ".join("`%s = %s`" % kv for kv in extra) if extra else ""))
     tag = time.strftime("%H%M%S")
 
     # a. one 1 GiB download, three ways, BIG_RUNS times, interleaved
