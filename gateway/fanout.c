@@ -43,12 +43,6 @@
 /* Upstream bytes are gathered up to this much (or one loop turn) per pwrite. */
 #define FAN_GATHER (256 * 1024)
 
-/* Response headers a download passes through, as the relay's (relay.c). */
-static const char *const passed_headers[] = {
-	"Content-Type",	 "Content-Disposition", "Content-Range",
-	"Accept-Ranges", "Last-Modified",	"ETag",
-};
-
 struct transfer {
 	char *key; /* hash_key_join(user id, export id) */
 	UT_hash_handle hh;
@@ -325,23 +319,19 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg)
 	transfer_settle(t);
 }
 
-static int is_json_type(const char *content_type)
-{
-	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
-}
-
 static enum upstream_mode on_headers(const struct upstream_head *head, void *arg)
 {
 	struct transfer *t = arg;
 	const char *type = evhttp_find_header(head->headers, "Content-Type");
 
 	/* errors and JSON states: buffered, then answered to all like a status call */
-	if (head->status < 200 || head->status >= 300 || type == NULL || is_json_type(type))
+	if (head->status < 200 || head->status >= 300 || type == NULL || relay_is_json_type(type))
 		return UPSTREAM_BUFFER;
-	for (size_t i = 0; i < sizeof(passed_headers) / sizeof(passed_headers[0]); i++) {
-		const char *value = evhttp_find_header(head->headers, passed_headers[i]);
+	for (size_t i = 0; i < RELAY_PASSED_HEADERS; i++) {
+		const char *value = evhttp_find_header(head->headers, relay_passed_headers[i]);
 
-		if (value != NULL && evhttp_add_header(&t->headers, passed_headers[i], value) < 0)
+		if (value != NULL &&
+		    evhttp_add_header(&t->headers, relay_passed_headers[i], value) < 0)
 			return UPSTREAM_ABORT;
 	}
 	t->status = (int)head->status;

@@ -27,7 +27,7 @@
  * Response headers a download passes through, as design.md lists them. The
  * framing (Content-Length, Transfer-Encoding) is the gateway's own.
  */
-static const char *const passed_headers[] = {
+const char *const relay_passed_headers[RELAY_PASSED_HEADERS] = {
 	"Content-Type",	 "Content-Disposition", "Content-Range",
 	"Accept-Ranges", "Last-Modified",	"ETag",
 };
@@ -75,7 +75,7 @@ void relay_free(struct relay *relay)
 	free(relay);
 }
 
-static int is_json_type(const char *content_type)
+int relay_is_json_type(const char *content_type)
 {
 	return content_type != NULL && strncasecmp(content_type, "application/json", 16) == 0;
 }
@@ -89,7 +89,7 @@ static enum upstream_mode on_headers(const struct upstream_head *head, void *arg
 	long status = head->status;
 
 	/* Errors and JSON states are small: buffered, then answered like a status call. */
-	if (status < 200 || status >= 300 || type == NULL || is_json_type(type)) {
+	if (status < 200 || status >= 300 || type == NULL || relay_is_json_type(type)) {
 		const char *content_range = evhttp_find_header(headers, "Content-Range");
 
 		if (status == 416 && content_range != NULL &&
@@ -102,10 +102,11 @@ static enum upstream_mode on_headers(const struct upstream_head *head, void *arg
 		relay->refused = 1;
 		return UPSTREAM_ABORT;
 	}
-	for (size_t i = 0; i < sizeof(passed_headers) / sizeof(passed_headers[0]); i++) {
-		const char *value = evhttp_find_header(headers, passed_headers[i]);
+	for (size_t i = 0; i < RELAY_PASSED_HEADERS; i++) {
+		const char *value = evhttp_find_header(headers, relay_passed_headers[i]);
 
-		if (value != NULL && evhttp_add_header(&passed, passed_headers[i], value) < 0) {
+		if (value != NULL &&
+		    evhttp_add_header(&passed, relay_passed_headers[i], value) < 0) {
 			evhttp_clear_headers(&passed);
 			return UPSTREAM_ABORT;
 		}

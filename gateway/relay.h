@@ -72,6 +72,12 @@ struct relay_events {
 
 struct relay;
 
+/* The upstream response headers a download passes through (design.md). */
+#define RELAY_PASSED_HEADERS 6
+extern const char *const relay_passed_headers[RELAY_PASSED_HEADERS];
+/* 1 for an application/json Content-Type: an answer, not a file. */
+int relay_is_json_type(const char *content_type);
+
 /*
  * Starts the download. Exactly one of answer, refused or ended fires later
  * (after started, for ended); the relay lives on until relay_free, which the
