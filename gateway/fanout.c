@@ -1,8 +1,10 @@
 /*
  * fanout.c -- shared download transfers (fanout.h). A transfer is one upstream
  * download=true call whose body goes into a spool file with pwrite as it comes
- * (never paused: the clients' pace is not its business); its clients are a list,
- * each with the offset it has been handed up to. Once per loop turn after new
+ * (paused only till the next loop turn after FAN_TURN bytes, so that many
+ * transfers share the loop: the clients' pace is not its business); its
+ * clients are a list, each with the offset it has been handed up to. Once per
+ * loop turn after new
  * bytes (and whenever a client's queue drains) each client is handed the next
  * pieces of the spool as file segments, up to the relay's watermark of queued
  * bytes. A transfer lives while it has clients, or while its complete spool is
@@ -42,6 +44,27 @@
 #define FAN_PIECE (256 * 1024)
 /* Upstream bytes are gathered up to this much (or one loop turn) per pwrite. */
 #define FAN_GATHER (256 * 1024)
+/*
+ * A transfer takes at most this much per loop turn, then pauses until the next
+ * one. libcurl 7.88 reads a socket that stays readable 100 times per call and
+ * then marks the transfer to run again at once; the next call for any socket
+ * runs every such transfer again. Unpaused, 100 transfers from a fast upstream
+ * kept the loop inside curl for tens of seconds (no epoll_wait, /healthz
+ * unanswered, TLS handshakes timed out): the relay's pauses bound it, the
+ * spool's never did.
+ */
+#define FAN_TURN (256 * 1024)
+/*
+ * A transfer with one client that keeps up goes direct once this much is
+ * spooled: the spool is closed, no one else may join, and the body goes to the
+ * client from memory with the relay's backpressure. Measured (bench/run
+ * stream), a lone download through the spool is slower and costs more CPU
+ * than the relay (pwrite into fresh page-cache pages, then sendfile), so the
+ * spool is kept only while it may still be shared: the clients of a completed
+ * export come within its first seconds, and a client that is behind reads from
+ * the spool, which stays.
+ */
+#define FAN_SOLO (16 * 1024 * 1024)
 
 struct transfer {
 	char *key; /* hash_key_join(user id, export id) */
@@ -64,6 +87,11 @@ struct transfer {
 	int listed;		  /* in fanout->all */
 	struct fan_client *clients;
 	struct event *notify; /* hands new bytes to the clients, once per turn */
+	struct event *resume; /* a zero timer: the next turn, after FAN_TURN bytes */
+	size_t turn_bytes;    /* taken since the last notify or resume */
+	int paused;	      /* by FAN_TURN, till resume fires */
+	int held;	      /* direct: by the client's queue, till it drains */
+	int direct;	      /* no spool any more: bytes go to the one client */
 	struct event *expiry; /* a kept complete spool's end */
 	char export_id[QUERY_MAX_ID_BYTES + 1];
 	char credential[64];
@@ -109,10 +137,13 @@ static void transfer_free(struct transfer *t)
 	upstream_cancel(t->call);
 	if (t->fd >= 0)
 		close(t->fd);
-	fanout->spool_bytes -= t->written;
+	if (!t->direct)
+		fanout->spool_bytes -= t->written;
 	metrics_spool_bytes(fanout->spool_bytes);
 	if (t->notify != NULL)
 		event_free(t->notify);
+	if (t->resume != NULL)
+		event_free(t->resume);
 	if (t->expiry != NULL)
 		event_free(t->expiry);
 	evhttp_clear_headers(&t->headers);
@@ -232,6 +263,19 @@ fail:
 	return -1;
 }
 
+/* Direct: the body bytes gathered in the client's piece go to the server. */
+static void client_hand(struct fan_client *client)
+{
+	size_t length = evbuffer_get_length(client->piece);
+
+	if (length == 0)
+		return;
+	client->handed += length;
+	metrics_download_bytes(length);
+	client->events->piece(client->piece, client->arg);
+	evbuffer_drain(client->piece, evbuffer_get_length(client->piece));
+}
+
 /* Hands client what the spool has for it, up to the watermark; ends it when all is out. */
 static void client_pump(struct fan_client *client)
 {
@@ -242,6 +286,15 @@ static void client_pump(struct fan_client *client)
 		return;
 	if (!client->started && client_start(client) < 0)
 		return;
+	if (t->direct) {
+		client_hand(client);
+		if (t->complete || t->failed) {
+			client->ended = 1;
+			client->events->ended(t->complete ? RELAY_COMPLETE : RELAY_FAILED,
+					      client->handed, client->arg);
+		}
+		return;
+	}
 	limit = t->written < client->end ? t->written : client->end;
 	while (client->offset < limit &&
 	       client->events->queued(client->arg) < RELAY_HIGH_WATERMARK) {
@@ -280,6 +333,12 @@ void fan_client_drained(struct fan_client *client)
 		return;
 	t->busy++;
 	client_pump(client);
+	if (t->held && t->call != NULL &&
+	    client->events->queued(client->arg) < RELAY_HIGH_WATERMARK) {
+		t->held = 0;
+		if (!t->paused)
+			upstream_resume(t->call); /* may hand pieces, or finish, right here */
+	}
 	t->busy--;
 	transfer_settle(t);
 }
@@ -296,17 +355,53 @@ static void pump_all(struct transfer *t)
 	t->busy--;
 }
 
+/*
+ * After FAN_SOLO bytes with one client that has all of them, and no kept spool
+ * wanted: see FAN_SOLO. Later clients of the key start a transfer of their own.
+ */
+static void go_direct(struct transfer *t)
+{
+	struct fan_client *client = t->clients;
+
+	if (t->direct || t->call == NULL || t->complete || t->failed || client == NULL ||
+	    client->next != NULL || client->ended || client->end != UINT64_MAX ||
+	    client->offset != t->written || t->gathered_length > 0 || t->written < FAN_SOLO ||
+	    t->fanout->conf->download_cache_ttl_ms > 0)
+		return;
+	transfer_unlist(t);
+	t->direct = 1;
+	close(t->fd); /* the client's queued segments hold descriptors of their own */
+	t->fd = -1;
+	t->fanout->spool_bytes -= t->written;
+	metrics_spool_bytes(t->fanout->spool_bytes);
+}
+
 static void on_notify(evutil_socket_t fd, short what, void *arg)
 {
 	struct transfer *t = arg;
 
 	(void)fd;
 	(void)what;
+	t->turn_bytes = 0;
 	/* a failed write marks t failed: the next piece from upstream aborts it */
 	if (t->gathered_length > 0)
 		(void)spool_flush(t);
 	pump_all(t);
+	go_direct(t);
 	transfer_settle(t);
+}
+
+/* The turn after a pause: libcurl offers the piece it kept again, maybe at once. */
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct transfer *t = arg;
+
+	(void)fd;
+	(void)what;
+	t->turn_bytes = 0;
+	t->paused = 0;
+	if (t->call != NULL && !t->held)
+		upstream_resume(t->call);
 }
 
 static void on_expiry(evutil_socket_t fd, short what, void *arg)
@@ -370,6 +465,36 @@ static int spool_flush(struct transfer *t)
 	return 0;
 }
 
+/* Direct: a piece for the one client, or a pause while its queue is full. */
+static int direct_data(struct transfer *t, const char *bytes, size_t length)
+{
+	struct fan_client *client = t->clients;
+	int overflow = 0;
+
+	if (client == NULL || client->ended)
+		return -1;
+	if (client->events->queued(client->arg) + evbuffer_get_length(client->piece) >=
+	    RELAY_HIGH_WATERMARK) {
+		t->held = 1;
+		return 1; /* offered again from fan_client_drained */
+	}
+	if (t->expected >= 0 && t->written + length > (uint64_t)t->expected) {
+		log_warn("download of %s: upstream sent more than its Content-Length; the "
+			 "excess is dropped",
+			 t->export_id);
+		length = (size_t)((uint64_t)t->expected - t->written);
+		overflow = 1;
+	}
+	t->turn_bytes += length;
+	if (evbuffer_add(client->piece, bytes, length) < 0)
+		return -1;
+	t->written += length;
+	if (evbuffer_get_length(client->piece) >= RELAY_CHUNK)
+		client_hand(client);
+	event_active(t->notify, EV_TIMEOUT, 0);
+	return overflow ? -1 : 0;
+}
+
 /*
  * libcurl hands over a TLS record (16 KiB) at a time: gathered, they cost one
  * pwrite per FAN_GATHER bytes, and the clients see them once per loop turn.
@@ -381,6 +506,17 @@ static int on_data(const char *bytes, size_t length, void *arg)
 
 	if (t->failed)
 		return -1;
+	if (t->turn_bytes >= FAN_TURN) {
+		static const struct timeval next_turn = { 0, 0 };
+
+		if (!t->paused && event_add(t->resume, &next_turn) < 0)
+			return -1;
+		t->paused = 1;
+		return 1; /* offered again after on_resume */
+	}
+	if (t->direct)
+		return direct_data(t, bytes, length);
+	t->turn_bytes += length;
 	if (t->expected >= 0 && t->written + t->gathered_length + length > (uint64_t)t->expected) {
 		log_warn("download of %s: upstream sent more than its Content-Length; the "
 			 "excess is dropped",
@@ -513,8 +649,10 @@ static struct transfer *transfer_start(struct fanout *fanout, const char *key,
 	t->key = strdup(key);
 	t->user_id = strdup(credential->user_id);
 	t->notify = event_new(fanout->base, -1, 0, on_notify, t);
+	t->resume = evtimer_new(fanout->base, on_resume, t);
 	t->expiry = evtimer_new(fanout->base, on_expiry, t);
-	if (t->key == NULL || t->user_id == NULL || t->notify == NULL || t->expiry == NULL)
+	if (t->key == NULL || t->user_id == NULL || t->notify == NULL || t->resume == NULL ||
+	    t->expiry == NULL)
 		goto fail;
 	t->fd = spool_open(fanout);
 	if (t->fd < 0)

@@ -192,6 +192,36 @@ class TestOneTransfer(FanoutCase):
         finally:
             slow.close()
 
+    def test_a_lone_client_that_keeps_up_goes_direct_after_16_mib(self):
+        size = 64 << 20
+        export_id = fresh("csv=%d;throttle=%d" % (size, 24 << 20))
+        joined = self.metric('gumloop_gateway_downloads_total{result="joined"}')
+        first = self.download(export_id)
+        wait_for(lambda: first.length > 24 << 20, timeout=20 * gwtest.SLACK, what="24 MiB")
+        # past 16 MiB with one client that has it all: no spool any more ...
+        wait_for(lambda: not spool_fds(self.gw.proc.pid), timeout=5, what="the spool closed")
+        self.assertEqual(self.metric("gumloop_gateway_spool_bytes"), 0)
+        self.assertIsNone(first.finished)
+        # ... so a later client cannot join it, and gets a transfer of its own
+        late = self.download(export_id)
+        for d in (first.join(), late.join()):
+            self.assertEqual((d.status, d.length, d.complete, d.error), (200, size, True, None))
+            self.assertEqual(d.md5.hexdigest(), expected_md5(size))
+        self.assertEqual(self.calls(export_id), 2)
+        self.assertEqual(self.metric('gumloop_gateway_downloads_total{result="joined"}'), joined)
+
+    def test_a_cut_after_going_direct_is_a_cut(self):
+        for script in ("csv=40m;cut=30000000;throttle=%d" % (32 << 20),
+                       "csv=40m;cut=30000000;length=0;throttle=%d" % (32 << 20)):
+            export_id = fresh(script)
+            failed = self.metric('gumloop_gateway_downloads_total{result="failed"}')
+            d = self.download(export_id).join()
+            self.assertEqual((d.status, d.complete, d.length), (200, False, 30000000), script)
+            self.assertEqual(d.md5.hexdigest(),
+                             hashlib.md5(gwtest.csv_bytes(0, 30000000)).hexdigest())
+            wait_for(lambda: self.metric('gumloop_gateway_downloads_total{result="failed"}')
+                     - failed == 1, timeout=5, what="one failed transfer")
+
     def test_a_cut_is_a_cut_for_every_client_in_both_framings(self):
         for script in ("csv=10m;cut=3000000;throttle=%d" % (2 << 20),
                        "csv=10m;cut=3000000;length=0;throttle=%d" % (2 << 20)):
