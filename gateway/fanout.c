@@ -372,6 +372,8 @@ static void go_direct(struct transfer *t)
 	t->direct = 1;
 	close(t->fd); /* the client's queued segments hold descriptors of their own */
 	t->fd = -1;
+	free(t->gathered); /* 256 KiB per transfer: 25 MiB of RSS at 100 downloads */
+	t->gathered = NULL;
 	t->fanout->spool_bytes -= t->written;
 	metrics_spool_bytes(t->fanout->spool_bytes);
 }
