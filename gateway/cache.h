@@ -115,6 +115,13 @@ int cache_store(struct cache *cache, const char *user_id, const char *export_id,
 typedef void (*cache_observer_cb)(const char *key, const struct cache_answer *answer, void *arg);
 void cache_set_observer(struct cache *cache, cache_observer_cb observer, void *arg);
 
+/*
+ * Fleet mode: misses ask Redis first (a shared entry, or the key's lock, or
+ * the lock holder's published answer); NULL (the default) is a gateway alone.
+ * redis must outlive the cache.
+ */
+struct redis;
+void cache_set_redis(struct cache *cache, struct redis *redis);
 /* Entries held now. */
 size_t cache_entry_count(const struct cache *cache);
 

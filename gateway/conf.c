@@ -48,6 +48,9 @@ static int set_rate(struct setting *setting);
 static int set_scopes(struct setting *setting);
 static int set_size(struct setting *setting);
 static int set_spool_dir(struct setting *setting);
+static int set_redis(struct setting *setting);
+static int set_redis_secret(struct setting *setting);
+static int set_redis_prefix(struct setting *setting);
 
 #define GLOBAL(name, set, field, min, max, default_value, flags)                                   \
 	{                                                                                          \
@@ -96,6 +99,12 @@ const struct conf_key conf_keys[] = {
 	GLOBAL("download_spool_dir", set_spool_dir, download_spool_dir, 0, 0, "/var/tmp", 0),
 	GLOBAL("download_spool_max", set_size, download_spool_max, 0, INT64_MAX, "4g", 0),
 	GLOBAL("download_cache_ttl", set_duration, download_cache_ttl_ms, 0, DAY_MS, "0", 0),
+	GLOBAL("redis", set_redis, redis, 0, 0, NULL, 0),
+	GLOBAL("redis_user", set_redis_secret, redis_user, 0, 0, NULL, 0),
+	GLOBAL("redis_password", set_redis_secret, redis_password, 0, 0, NULL, 0),
+	GLOBAL("redis_db", set_count, redis_db, 0, 1000000, "0", 0),
+	GLOBAL("redis_prefix", set_redis_prefix, redis_prefix, 0, 0, "gumloop-gateway:", 0),
+	GLOBAL("redis_timeout", set_duration, redis_timeout_ms, 1, 60000, "250ms", 0),
 	CREDENTIAL("user_id", set_secret, user_id, NULL, KEY_REQUIRED),
 	CREDENTIAL("api_key", set_secret, api_key, NULL, KEY_REQUIRED),
 	CREDENTIAL("kind", set_credential_kind, kind, "personal", 0),
@@ -320,6 +329,79 @@ static int set_spool_dir(struct setting *setting)
 	if (strcmp(setting->value, "off") != 0 && setting->value[0] != '/') {
 		snprintf(setting->why, sizeof(setting->why),
 			 "must be an absolute directory or \"off\"");
+		return -1;
+	}
+	return set_string(setting, setting->value);
+}
+
+/* "unix:/PATH" or a numeric "HOST:PORT" / "[V6]:PORT": no DNS, ever. */
+static int set_redis(struct setting *setting)
+{
+	struct conf *conf = setting->parser->conf;
+	struct conf_listen address = { 0 };
+
+	if (strncmp(setting->value, "unix:", 5) == 0) {
+		if (setting->value[5] != '/') {
+			snprintf(setting->why, sizeof(setting->why),
+				 "a unix socket is written unix:/absolute/path");
+			return -1;
+		}
+		if ((conf->redis_unix = strdup(setting->value + 5)) == NULL)
+			goto out_of_memory;
+		return set_string(setting, setting->value);
+	}
+	if (value_parse_listen(setting->value, &address, setting->why, sizeof(setting->why)) < 0)
+		return -1;
+	if (address.tls || address.port == 0) {
+		snprintf(setting->why, sizeof(setting->why),
+			 address.tls ? "Redis has no TLS here: see the README (stunnel)"
+				     : "port must be from 1 to 65535");
+		free(address.host);
+		free(address.text);
+		return -1;
+	}
+	conf->redis_host = address.host;
+	conf->redis_port = address.port;
+	conf->redis = address.text;
+	return 0;
+out_of_memory:
+	snprintf(setting->why, sizeof(setting->why), "out of memory");
+	return -1;
+}
+
+/* A secret (user name or password): no space or control character, as AUTH takes them. */
+static int set_redis_secret(struct setting *setting)
+{
+	char **field = setting->field;
+
+	if (set_secret(setting) < 0)
+		return -1;
+	for (const char *c = *field; *c != '\0'; c++) {
+		if ((unsigned char)*c <= ' ' || *c == 0x7f) {
+			snprintf(setting->why, sizeof(setting->why),
+				 "must not hold spaces or control characters");
+			return -1;
+		}
+	}
+	if (**field == '\0') {
+		snprintf(setting->why, sizeof(setting->why), "missing value");
+		return -1;
+	}
+	return 0;
+}
+
+/* Printable, no spaces: it begins every key and channel name. */
+static int set_redis_prefix(struct setting *setting)
+{
+	for (const char *c = setting->value; *c != '\0'; c++) {
+		if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f) {
+			snprintf(setting->why, sizeof(setting->why),
+				 "must be printable ASCII without spaces");
+			return -1;
+		}
+	}
+	if (strlen(setting->value) > 64) {
+		snprintf(setting->why, sizeof(setting->why), "at most 64 characters");
 		return -1;
 	}
 	return set_string(setting, setting->value);
@@ -608,6 +690,9 @@ static void check_file(struct parser *parser)
 		check_tls_file(parser, "tls_cert", parser->conf->tls_cert);
 		check_tls_file(parser, "tls_key", parser->conf->tls_key);
 	}
+	if (parser->conf->redis_user != NULL && parser->conf->redis_password == NULL)
+		conf_report(parser, 0, "redis_user",
+			    "needs redis_password (an ACL user's password)");
 }
 
 struct conf *conf_load(const char *path, char *err, size_t errlen)
@@ -662,6 +747,12 @@ void conf_free(struct conf *conf)
 	free(conf->upstream_ca);
 	free(conf->access_log);
 	free(conf->download_spool_dir);
+	free(conf->redis);
+	free(conf->redis_host);
+	free(conf->redis_unix);
+	secret_free(conf->redis_user);
+	secret_free(conf->redis_password);
+	free(conf->redis_prefix);
 	for (i = 0; i < conf->credential_count; i++) {
 		free(conf->credentials[i].name);
 		secret_free(conf->credentials[i].user_id);

@@ -92,6 +92,17 @@ struct conf {
 
 	char *access_log; /* "-" (stderr), "off", or a path */
 
+	/* fleet mode: unset redis (NULL) is a gateway on its own */
+	char *redis;	  /* normalised: "127.0.0.1:6379", "[::1]:6379", "unix:/path" */
+	char *redis_host; /* numeric address, NULL for a unix socket */
+	uint16_t redis_port;
+	char *redis_unix;     /* socket path, NULL for TCP */
+	char *redis_user;     /* ACL user (NULL: the default user) */
+	char *redis_password; /* resolved secret value; never logged */
+	int64_t redis_db;
+	char *redis_prefix; /* of every key and channel */
+	int64_t redis_timeout_ms;
+
 	struct conf_credential *credentials; /* at least one; the first is the default */
 	size_t credential_count;
 	struct conf_client *clients; /* may be empty */

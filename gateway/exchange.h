@@ -63,6 +63,7 @@ struct server {
 	struct idempotency *idempotency; /* their Idempotency-Key records */
 	struct holds *holds;		 /* status requests held (wait=) */
 	struct fanout *fanout;		 /* shared download transfers */
+	struct redis *redis;		 /* fleet mode, or NULL */
 };
 
 /* The server's side of an open client connection (listeners.c keeps the rest). */

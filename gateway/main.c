@@ -20,6 +20,7 @@
 #include "conf.h"
 #include "linger.h"
 #include "log.h"
+#include "redis.h"
 #include "metrics.h"
 #include "server.h"
 
@@ -281,6 +282,14 @@ int main(int argc, char **argv)
 	if (conf == NULL)
 		return 1;
 	if (check_only) {
+		char why[256];
+
+		if (conf->redis != NULL && redis_check(conf, why, sizeof(why)) < 0) {
+			fprintf(stderr, "gumloop-gateway: redis %s does not answer: %s\n",
+				conf->redis, why);
+			conf_free(conf);
+			return 1;
+		}
 		conf_free(conf);
 		printf("config ok\n");
 		return 0;

@@ -35,6 +35,8 @@ static struct {
 	uint64_t downloads_joined;
 	uint64_t spool_bytes;
 	uint64_t waits[METRICS_WAIT_RESULT_COUNT];
+	int redis_up;
+	uint64_t redis_errors;
 } counters;
 
 static const char *const route_names[ROUTE_COUNT] = {
@@ -112,6 +114,16 @@ void metrics_download_transfer_failed(void)
 void metrics_spool_bytes(uint64_t bytes)
 {
 	counters.spool_bytes = bytes;
+}
+
+void metrics_redis_up(int up)
+{
+	counters.redis_up = up;
+}
+
+void metrics_redis_error(void)
+{
+	counters.redis_errors++;
 }
 
 void metrics_download_started(void)
@@ -252,6 +264,13 @@ static int render_downloads_and_process(struct evbuffer *out)
 			 "Bytes in download spools (fan-out) now.") < 0;
 	failed |= evbuffer_add_printf(out, "gumloop_gateway_spool_bytes %llu\n",
 				      (unsigned long long)counters.spool_bytes) < 0;
+	failed |= family(out, "gumloop_gateway_redis_up", "gauge",
+			 "Fleet mode: 1 while Redis answers, 0 while this gateway runs alone.") < 0;
+	failed |= evbuffer_add_printf(out, "gumloop_gateway_redis_up %d\n", counters.redis_up) < 0;
+	failed |= family(out, "gumloop_gateway_redis_errors_total", "counter",
+			 "Fleet mode: Redis commands that failed, were refused or timed out.") < 0;
+	failed |= evbuffer_add_printf(out, "gumloop_gateway_redis_errors_total %llu\n",
+				      (unsigned long long)counters.redis_errors) < 0;
 	failed |= family(out, "gumloop_gateway_download_bytes_total", "counter",
 			 "CSV bytes relayed to clients.") < 0;
 	failed |= evbuffer_add_printf(out, "gumloop_gateway_download_bytes_total %llu\n",

@@ -54,6 +54,9 @@ void metrics_reload(int ok);
 /* A request is held (wait=), and one is let go for result. */
 void metrics_wait_started(void);
 void metrics_wait_finished(enum metrics_wait_result result);
+/* Fleet mode: Redis usable (1) or not (0); a Redis command that failed or timed out. */
+void metrics_redis_up(int up);
+void metrics_redis_error(void);
 /* An access log line was dropped: its writer is behind by a whole buffer. */
 void metrics_access_log_dropped(void);
 

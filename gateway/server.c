@@ -33,6 +33,7 @@
 #include "checks.h"
 #include "conf.h"
 #include "fanout.h"
+#include "redis.h"
 #include "hold.h"
 #include "http_text.h"
 #include "idempotency.h"
@@ -563,6 +564,22 @@ static void on_drain_check(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Fleet mode on, off or changed. Without memory for it the gateway goes on alone. */
+static void apply_redis(struct server *server, const struct conf *conf)
+{
+	if (conf->redis == NULL) {
+		if (server->redis != NULL)
+			log_info("redis: unset by the reload; this gateway now runs alone");
+		cache_set_redis(server->cache, NULL);
+		redis_free(server->redis);
+		server->redis = NULL;
+	} else if (server->redis != NULL) {
+		redis_set_conf(server->redis, conf);
+	} else if ((server->redis = redis_new(server->base, conf)) != NULL) {
+		cache_set_redis(server->cache, server->redis);
+	}
+}
+
 /* Takes conf's auth, listeners and access log; on failure nothing changed. */
 static int server_apply(struct server *server, struct conf *conf)
 {
@@ -585,6 +602,7 @@ static int server_apply(struct server *server, struct conf *conf)
 		holds_set_conf(server->holds, conf);
 	if (server->fanout != NULL)
 		fanout_set_conf(server->fanout, conf);
+	apply_redis(server, conf);
 	upstream_set_conf(server->upstream, conf);
 	conf_free(server->conf);
 	server->conf = conf;
@@ -658,6 +676,7 @@ void server_free(struct server *server)
 	holds_free(server->holds);
 	fanout_free(server->fanout);
 	cache_free(server->cache);
+	redis_free(server->redis);
 	upstream_free(server->upstream);
 	export_data_free_all(server);
 	idempotency_free(server->idempotency);

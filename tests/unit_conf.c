@@ -435,6 +435,56 @@ static void test_bad_listen(void **state)
 	assert_error(err, 13, "listen: missing value");
 }
 
+static void test_redis(void **state)
+{
+	char err[ERR_SIZE];
+	struct conf *conf;
+
+	(void)state;
+	conf = load_text(err, CREDENTIAL);
+	if (!conf)
+		fail_msg("%s", err);
+	assert_null(conf->redis);
+	assert_string_equal(conf->redis_prefix, "gumloop-gateway:");
+	assert_int_equal(conf->redis_timeout_ms, 250);
+	assert_int_equal(conf->redis_db, 0);
+	conf_free(conf);
+	conf = load_text(err,
+			 "redis = [0::1]:6380\nredis_user = gw\nredis_password = s3cret\n"
+			 "redis_db = 3\nredis_prefix = team-a:\nredis_timeout = 1s\n" CREDENTIAL);
+	if (!conf)
+		fail_msg("%s", err);
+	assert_string_equal(conf->redis, "[::1]:6380");
+	assert_string_equal(conf->redis_host, "::1");
+	assert_int_equal(conf->redis_port, 6380);
+	assert_null(conf->redis_unix);
+	assert_string_equal(conf->redis_user, "gw");
+	assert_string_equal(conf->redis_password, "s3cret");
+	assert_int_equal(conf->redis_db, 3);
+	assert_string_equal(conf->redis_prefix, "team-a:");
+	assert_int_equal(conf->redis_timeout_ms, 1000);
+	conf_free(conf);
+	conf = load_text(err, "redis = unix:/run/redis/redis.sock\n" CREDENTIAL);
+	if (!conf)
+		fail_msg("%s", err);
+	assert_string_equal(conf->redis_unix, "/run/redis/redis.sock");
+	assert_null(conf->redis_host);
+	conf_free(conf);
+	/* no DNS, no TLS, no relative socket, no user without a password */
+	assert_int_equal(load_fails(err, "redis = localhost:6379\n" CREDENTIAL), 1);
+	assert_error(err, 1, "redis: host must be a numeric");
+	assert_int_equal(load_fails(err, "redis = 127.0.0.1:6379 tls\n" CREDENTIAL), 1);
+	assert_error(err, 1, "redis: Redis has no TLS here");
+	assert_int_equal(load_fails(err, "redis = unix:redis.sock\n" CREDENTIAL), 1);
+	assert_error(err, 1, "redis: a unix socket is written unix:/absolute/path");
+	assert_int_equal(load_fails(err, "redis = 127.0.0.1:0\n" CREDENTIAL), 1);
+	assert_int_equal(load_fails(err, "redis_prefix = a b\n" CREDENTIAL), 1);
+	assert_int_equal(load_fails(err, "redis_timeout = 0\n" CREDENTIAL), 1);
+	assert_int_equal(load_fails(err, "redis = 127.0.0.1:6379\nredis_user = gw\n" CREDENTIAL),
+			 1);
+	assert_non_null(strstr(err, "redis_user: needs redis_password"));
+}
+
 static void test_unknown_key(void **state)
 {
 	char err[ERR_SIZE];
@@ -1262,6 +1312,7 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_listens),
 		cmocka_unit_test(test_bad_listen),
+		cmocka_unit_test(test_redis),
 		cmocka_unit_test(test_unknown_key),
 		cmocka_unit_test(test_unknown_section),
 		cmocka_unit_test(test_bad_duration),
