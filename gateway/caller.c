@@ -12,6 +12,29 @@
 #include "auth.h"
 #include "conf.h"
 #include "exchange.h"
+#include "redis.h"
+
+#include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+#include <string.h>
+
+/*
+ * The fleet's token bucket for one client, on Redis's clock, in one round
+ * trip: ARGV rate (per second) and burst; the answer is 0 (taken) or the
+ * seconds until a token is there (Retry-After).
+ */
+static const char fleet_bucket[] =
+	"local t = redis.call('TIME') "
+	"local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+	"local rate = tonumber(ARGV[1]) local burst = tonumber(ARGV[2]) "
+	"local b = redis.call('HMGET', KEYS[1], 't', 'n') "
+	"local n = tonumber(b[2]) or burst local last = tonumber(b[1]) or now "
+	"n = math.min(burst, n + math.max(0, now - last) * rate / 1000) "
+	"local retry = 0 "
+	"if n >= 1 then n = n - 1 else retry = math.max(1, math.ceil((1 - n) / rate)) end "
+	"redis.call('HSET', KEYS[1], 't', tostring(now), 'n', tostring(n)) "
+	"redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000) "
+	"return retry";
 
 /* 401 with the challenge, or the client's index; -1 without [client] sections. */
 static int authenticate(struct exchange *ex, int *client)
@@ -51,25 +74,97 @@ static int authenticate(struct exchange *ex, int *client)
 	return 0;
 }
 
-/* 429 with Retry-After when the client is over its rate. */
+static void reply_rate_limited(struct exchange *ex, long long retry_after)
+{
+	char text[24];
+
+	snprintf(text, sizeof(text), "%lld", retry_after);
+	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
+	exchange_reply_error(ex, 429, "rate_limited", "this client is over its rate; retry later");
+}
+
+/* 429 with Retry-After when the client is over its rate (this process's bucket). */
 static int rate_limit(struct exchange *ex, int client)
 {
 	int retry_after = auth_rate_take(ex->server->auth, client);
-	char text[16];
 
 	if (retry_after == 0)
 		return 0;
-	snprintf(text, sizeof(text), "%d", retry_after);
-	evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", text);
-	exchange_reply_error(ex, 429, "rate_limited", "this client is over its rate; retry later");
+	reply_rate_limited(ex, retry_after);
 	return -1;
 }
 
-int caller_identify(struct exchange *ex, int *client)
+static void on_fleet_bucket(const struct redisReply *reply, void *arg)
 {
-	if (authenticate(ex, client) < 0 || rate_limit(ex, *client) < 0)
+	struct exchange *ex = arg;
+	caller_next_cb next = ex->rate_next;
+	int client = ex->rate_client;
+
+	ex->rate_check = NULL;
+	ex->rate_next = NULL;
+	if (reply != NULL && reply->type == REDIS_REPLY_INTEGER) {
+		if (reply->integer > 0)
+			reply_rate_limited(ex, reply->integer);
+		else
+			next(ex, client);
+	} else if (rate_limit(ex, client) == 0) {
+		next(ex, client); /* Redis failed us: this process's bucket decides */
+	}
+}
+
+/* Fleet mode: the client's bucket in Redis. 1 when asked, 0 when it cannot be. */
+static int fleet_rate_limit(struct exchange *ex, int client, caller_next_cb next)
+{
+	const struct conf *conf = ex->server->conf;
+	const struct conf_client *c = &conf->clients[client];
+	static const char hex[] = "0123456789abcdef";
+	unsigned char digest[SHA256_DIGEST_LENGTH];
+	char name[200], key[160], rate[32], burst[32];
+	int length;
+
+	if (c->rate_per_second <= 0 || !redis_usable(ex->server->redis))
+		return 0;
+	/* a new rate is a new bucket, as for a reload without Redis */
+	length = snprintf(name, sizeof(name), "%s\x1f%.9g", c->name, c->rate_per_second);
+	SHA256((const unsigned char *)name, (size_t)length, digest);
+	length = snprintf(key, sizeof(key), "%sr:", conf->redis_prefix);
+	for (int i = 0; i < 16 && length + 2 < (int)sizeof(key); i++) {
+		key[length++] = hex[digest[i] >> 4];
+		key[length++] = hex[digest[i] & 15];
+	}
+	key[length] = '\0';
+	snprintf(rate, sizeof(rate), "%.9g", c->rate_per_second);
+	snprintf(burst, sizeof(burst), "%.9g",
+		 2 * c->rate_per_second < 1 ? 1 : 2 * c->rate_per_second);
+	{
+		const char *argv[] = { "EVAL", fleet_bucket, "1", key, rate, burst };
+		size_t lengths[] = {
+			4, sizeof(fleet_bucket) - 1, 1, strlen(key), strlen(rate), strlen(burst)
+		};
+
+		ex->rate_check =
+			redis_command(ex->server->redis, 6, argv, lengths, on_fleet_bucket, ex);
+	}
+	if (ex->rate_check == NULL)
+		return 0;
+	ex->rate_next = next;
+	ex->rate_client = client;
+	return 1;
+}
+
+int caller_identify(struct exchange *ex, int *client, caller_next_cb next)
+{
+	if (authenticate(ex, client) < 0)
 		return -1;
-	return 0;
+	if (*client >= 0 && fleet_rate_limit(ex, *client, next))
+		return 1;
+	return rate_limit(ex, *client);
+}
+
+void caller_detach(struct exchange *ex)
+{
+	redis_command_cancel(ex->rate_check);
+	ex->rate_check = NULL;
 }
 
 static const char *scope_refusal(unsigned scope)

@@ -88,17 +88,20 @@ struct exchange {
 	struct connection *owner;	      /* NULL once the connection is gone */
 	enum exchange_state state;
 	enum route route;
-	struct cache_waiter *waiter;	 /* EXCHANGE_WAITING */
-	struct relay *relay;		 /* a download's, until the exchange closes */
-	struct fan_client *fan;		 /* or its place in a shared transfer (fanout.c) */
-	int joined;			 /* that transfer was running (or kept) when it came */
-	struct export_call *export_call; /* POST /export_data's, while it waits */
-	struct status_wait *wait;	 /* a status call that asked to wait (export_status.c) */
-	const char *if_none_match;	 /* a status call's If-None-Match, NULL when none */
-	int must_close;			 /* the bytes after this request cannot be trusted */
-	int http10;			 /* an HTTP/1.0 client: no chunked framing */
-	int head;			 /* HEAD: the reply has no body */
-	int input_capped;		 /* listeners_cap_input is on */
+	struct cache_waiter *waiter;	  /* EXCHANGE_WAITING */
+	struct relay *relay;		  /* a download's, until the exchange closes */
+	struct fan_client *fan;		  /* or its place in a shared transfer (fanout.c) */
+	int joined;			  /* that transfer was running (or kept) when it came */
+	struct export_call *export_call;  /* POST /export_data's, while it waits */
+	struct status_wait *wait;	  /* a status call that asked to wait (export_status.c) */
+	struct redis_command *rate_check; /* fleet mode: the client's bucket, asked (caller.c) */
+	void (*rate_next)(struct exchange *ex, int client);
+	int rate_client;
+	const char *if_none_match; /* a status call's If-None-Match, NULL when none */
+	int must_close;		   /* the bytes after this request cannot be trusted */
+	int http10;		   /* an HTTP/1.0 client: no chunked framing */
+	int head;		   /* HEAD: the reply has no body */
+	int input_capped;	   /* listeners_cap_input is on */
 	enum evhttp_cmd_type method_type;
 	const char *end_note; /* why it ended, when not the usual way */
 	/* watch.c */

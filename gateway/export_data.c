@@ -183,7 +183,18 @@ static const char *body_bytes(struct exchange *ex, size_t *length)
 	return (const char *)evbuffer_pullup(input, -1);
 }
 
+static void handle_as(struct exchange *ex, int client);
+
 void export_data_handle(struct exchange *ex)
+{
+	int client;
+
+	if (caller_identify(ex, &client, handle_as) == 0)
+		handle_as(ex, client);
+}
+
+/* The rest, once the caller is known (maybe after Redis said its rate). */
+static void handle_as(struct exchange *ex, int client)
 {
 	struct server *server = ex->server;
 	const struct conf_credential *credential;
@@ -192,9 +203,9 @@ void export_data_handle(struct exchange *ex)
 	const char *message = NULL, *text, *key;
 	char *upstream_body;
 	size_t length;
-	int client, index;
+	int index;
 
-	if (caller_identify(ex, &client) < 0 || caller_may(ex, client, CONF_SCOPE_EXPORT) < 0)
+	if (caller_may(ex, client, CONF_SCOPE_EXPORT) < 0)
 		return;
 	key = evhttp_find_header(evhttp_request_get_input_headers(ex->req), "Idempotency-Key");
 	if (key != NULL && !idempotency_key_valid(key)) {

@@ -216,7 +216,18 @@ static void read_headers(struct exchange *ex, const struct query *q, const char 
 	}
 }
 
+static void handle_as(struct exchange *ex, int client);
+
 void export_status_handle(struct exchange *ex)
+{
+	int client;
+
+	if (caller_identify(ex, &client, handle_as) == 0)
+		handle_as(ex, client);
+}
+
+/* The rest, once the caller is known (maybe after Redis said its rate). */
+static void handle_as(struct exchange *ex, int client)
 {
 	struct server *server = ex->server;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ex->req);
@@ -224,10 +235,8 @@ void export_status_handle(struct exchange *ex)
 	const char *message = NULL, *prefer;
 	struct cache_answer answer;
 	struct query q;
-	int client, index;
+	int index;
 
-	if (caller_identify(ex, &client) < 0)
-		return;
 	if (query_parse(evhttp_uri_get_query(uri), &q, &message) < 0) {
 		exchange_reply_error(ex, 400, "bad_request", message);
 		return;

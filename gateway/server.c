@@ -32,6 +32,7 @@
 #include "cache.h"
 #include "checks.h"
 #include "conf.h"
+#include "caller.h"
 #include "fanout.h"
 #include "redis.h"
 #include "hold.h"
@@ -182,6 +183,7 @@ static void exchange_close(struct exchange *ex, const char *outcome)
 	ex->waiter = NULL;
 	export_status_detach(ex);
 	export_data_detach(ex);
+	caller_detach(ex);
 	if (ex->state == EXCHANGE_STREAMING)
 		metrics_download_finished(METRICS_DOWNLOAD_ABORTED);
 	download_release(ex);
