@@ -28,7 +28,21 @@
 #include "export_body.h"
 #include "idempotency.h"
 #include "log.h"
+#include "redis.h"
 #include "upstream.h"
+
+#include <hiredis/hiredis.h>
+
+/*
+ * Fleet mode: a key's record in Redis, "F DIGEST" while in flight (for
+ * upstream_timeout + 1 s, so a lost instance frees it), then "A DIGEST STATUS
+ * TYPE\nBODY" for idempotency_ttl. One round trip: {0} new (now in flight),
+ * or {1, record}.
+ */
+static const char fleet_begin[] =
+	"local v = redis.call('GET', KEYS[1]) "
+	"if v then return {1, v} end "
+	"redis.call('SET', KEYS[1], 'F ' .. ARGV[1], 'PX', ARGV[2]) return {0}";
 
 struct export_call {
 	struct server *server;
@@ -36,16 +50,31 @@ struct export_call {
 	char credential[64]; /* its name, for the log (a reload may free the config's) */
 	char *idempotency_client, *idempotency_key; /* both NULL without the header */
 	struct export_call *prev, *next;
+	/* fleet mode: the key is asked of Redis before the call starts */
+	int fleet;	     /* the key's record is Redis's */
+	char fleet_key[160]; /* {prefix}i:HASH */
+	char digest_hex[2 * IDEMPOTENCY_DIGEST_BYTES + 1];
+	struct redis_command *command; /* the begin, in flight */
+	char *body;		       /* upstream's body, until the call starts */
+	size_t body_length;
 };
 
 static void call_free(struct export_call *call)
 {
 	if (call == NULL)
 		return;
+	redis_command_cancel(call->command);
+	if (call->body != NULL)
+		OPENSSL_cleanse(call->body, call->body_length);
+	free(call->body);
 	free(call->idempotency_client);
 	free(call->idempotency_key);
 	free(call);
 }
+
+static void fleet_finish(struct export_call *call, const struct idempotency_answer *kept);
+static void fleet_reply(struct exchange *ex, const struct export_call *call,
+			const struct redisReply *reply);
 
 static void call_forget(struct export_call *call)
 {
@@ -82,6 +111,58 @@ static void log_new_export(struct exchange *ex, const struct answer *answer)
 	cJSON_Delete(tree);
 }
 
+static void noop_reply(const struct redisReply *reply, void *arg)
+{
+	(void)reply;
+	(void)arg;
+}
+
+/* Fleet: the answer kept in Redis as idempotency_finish keeps it here (or the key let go). */
+static void fleet_finish(struct export_call *call, const struct idempotency_answer *kept)
+{
+	const struct conf *conf = call->server->conf;
+	int keep = kept != NULL && kept->status >= 200 && kept->status < 500 &&
+		   conf->idempotency_ttl_ms > 0;
+	char *record = NULL, px[24];
+	int length = -1;
+
+	call->fleet = 0;
+	if (keep)
+		length = asprintf(&record, "A %s %d %s\n", call->digest_hex, kept->status,
+				  kept->content_type != NULL && kept->content_type[0]
+					  ? kept->content_type
+					  : "application/json");
+	if (length >= 0) {
+		char *whole = realloc(record, (size_t)length + kept->body_length);
+
+		if (whole == NULL) {
+			free(record);
+			length = -1;
+		} else {
+			record = whole;
+			memcpy(record + length, kept->body, kept->body_length);
+			length += (int)kept->body_length;
+		}
+	}
+	snprintf(px, sizeof(px), "%lld", (long long)conf->idempotency_ttl_ms);
+	if (length >= 0) {
+		const char *argv[] = { "SET", call->fleet_key, record, "PX", px };
+		size_t lengths[] = { 3, strlen(call->fleet_key), (size_t)length, 2, strlen(px) };
+
+		if (redis_command(call->server->redis, 5, argv, lengths, noop_reply, NULL) == NULL)
+			log_warn("Idempotency-Key: Redis cannot keep an answer now; its in-flight "
+				 "mark ends with its TTL");
+	} else {
+		/* a 5xx (retries should try again), or no memory to keep it */
+		const char *argv[] = { "DEL", call->fleet_key };
+
+		if (redis_command(call->server->redis, 2, argv, NULL, noop_reply, NULL) == NULL)
+			log_warn("Idempotency-Key: Redis cannot let a key go now; its in-flight "
+				 "mark ends with its TTL");
+	}
+	free(record);
+}
+
 static void on_done(const struct upstream_result *result, void *arg)
 {
 	struct export_call *call = arg;
@@ -99,9 +180,12 @@ static void on_done(const struct upstream_result *result, void *arg)
 		};
 
 		/* also when the client left: its retry gets this answer */
-		idempotency_finish(call->server->idempotency, call->idempotency_client,
-				   call->idempotency_key, &kept, now_ms(),
-				   call->server->conf->idempotency_ttl_ms);
+		if (call->fleet)
+			fleet_finish(call, &kept);
+		else
+			idempotency_finish(call->server->idempotency, call->idempotency_client,
+					   call->idempotency_key, &kept, now_ms(),
+					   call->server->conf->idempotency_ttl_ms);
 	}
 	if (ex != NULL) {
 		ex->export_call = NULL;
@@ -170,6 +254,176 @@ static int idempotency_check(struct exchange *ex, const char *client, const char
 	exchange_reply_error(ex, 422, "idempotency_key_reused",
 			     "this Idempotency-Key was used with another body");
 	return -1;
+}
+
+/* The upstream call, with the key (if any) now in flight; call is listed in server->exports. */
+static void start_call(struct export_call *call, struct exchange *ex,
+		       const struct conf_credential *credential)
+{
+	struct server *server = call->server;
+	char *body = call->body;
+
+	/* the call owns the body from here, also when it fails to start */
+	call->body = NULL;
+	if (upstream_start_export(server->upstream, server->conf, credential, body,
+				  call->body_length, on_done, call) == NULL) {
+		if (call->fleet)
+			fleet_finish(call, NULL);
+		else if (call->idempotency_key != NULL)
+			idempotency_forget(server->idempotency, call->idempotency_client,
+					   call->idempotency_key);
+		ex->export_call = NULL;
+		watch_client_stop(ex);
+		exchange_reply_error(ex, 503, "unavailable",
+				     "the upstream request could not be started");
+		call_forget(call);
+		return;
+	}
+	ex->export_call = call;
+	ex->state = EXCHANGE_WAITING;
+	if (ex->client_watch == NULL) /* already on while Redis was asked */
+		watch_client_start(ex);
+}
+
+static void hex_of(const unsigned char *bytes, size_t count, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+
+	for (size_t i = 0; i < count; i++) {
+		out[2 * i] = hex[bytes[i] >> 4];
+		out[2 * i + 1] = hex[bytes[i] & 15];
+	}
+	out[2 * count] = '\0';
+}
+
+/* Fleet: what Redis says of the key decides, as idempotency_check does alone. */
+static void on_fleet_begin(const struct redisReply *reply, void *arg)
+{
+	struct export_call *call = arg;
+	struct exchange *ex = call->ex;
+	struct server *server = call->server;
+	const struct conf_credential *credential = NULL;
+
+	call->command = NULL;
+	if (reply != NULL && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+	    reply->element[0]->type == REDIS_REPLY_INTEGER && reply->element[0]->integer == 0)
+		call->fleet = 1; /* new: in flight in Redis now */
+	if (ex == NULL) {
+		/* the client left before anything started: nothing is carried out */
+		if (call->fleet)
+			fleet_finish(call, NULL);
+		call_forget(call);
+		return;
+	}
+	for (size_t i = 0; i < server->conf->credential_count; i++) {
+		if (strcmp(server->conf->credentials[i].name, call->credential) == 0)
+			credential = &server->conf->credentials[i];
+	}
+	if (call->fleet || reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+		/* new in the fleet, or Redis failed us: this process's record decides */
+		if ((!call->fleet &&
+		     idempotency_check(ex, call->idempotency_client, call->idempotency_key,
+				       call->body, call->body_length) < 0) ||
+		    credential == NULL) {
+			if (credential == NULL && call->fleet) {
+				fleet_finish(call, NULL);
+				exchange_reply_error(ex, 503, "unavailable",
+						     "the credential was removed by a reload");
+			}
+			ex->export_call = NULL;
+			watch_client_stop(ex);
+			call_forget(call);
+			return;
+		}
+		start_call(call, ex, credential);
+		return;
+	}
+	ex->export_call = NULL;
+	watch_client_stop(ex);
+	fleet_reply(ex, call, reply);
+	call_forget(call);
+}
+
+/* Another instance's record of the key: replayed, 409 or 422, as alone. */
+static void fleet_reply(struct exchange *ex, const struct export_call *call,
+			const struct redisReply *reply)
+{
+	const struct redisReply *record = reply->elements == 2 ? reply->element[1] : NULL;
+	size_t digest_length = 2 * IDEMPOTENCY_DIGEST_BYTES;
+	struct evkeyvalq *out = evhttp_request_get_output_headers(ex->req);
+
+	if (record == NULL || record->type != REDIS_REPLY_STRING ||
+	    record->len < 2 + digest_length ||
+	    memcmp(record->str + 2, call->digest_hex, digest_length) != 0) {
+		exchange_reply_error(ex, 422, "idempotency_key_reused",
+				     "this Idempotency-Key was used with another body");
+		return;
+	}
+	if (record->str[0] == 'F') {
+		evhttp_add_header(out, "Retry-After", "1");
+		exchange_reply_error(
+			ex, 409, "idempotency_in_progress",
+			"a request with this Idempotency-Key is still being carried out");
+		return;
+	}
+	{
+		const char *head = record->str + 2 + digest_length;
+		const char *end = record->str + record->len;
+		const char *newline = memchr(head, '\n', (size_t)(end - head));
+		char type[128];
+		int status = 0, used = 0;
+
+		if (newline == NULL || (size_t)(newline - head) >= sizeof(type) ||
+		    sscanf(head, " %d %n", &status, &used) != 1 || status < 100 || status > 599 ||
+		    head + used >= newline) {
+			exchange_reply_error(
+				ex, 500, "internal",
+				"the kept answer for this Idempotency-Key is unreadable");
+			return;
+		}
+		memcpy(type, head + used, (size_t)(newline - head - used));
+		type[newline - head - used] = '\0';
+		evhttp_add_header(out, "Idempotent-Replayed", "true");
+		exchange_reply_data(ex, status, type, newline + 1, (size_t)(end - newline - 1));
+	}
+}
+
+/* Fleet: asks Redis about call's key. 0 when asked (on_fleet_begin goes on), -1 when it cannot be. */
+static int fleet_ask(struct export_call *call)
+{
+	struct server *server = call->server;
+	unsigned char digest[IDEMPOTENCY_DIGEST_BYTES];
+	unsigned char name_digest[SHA256_DIGEST_LENGTH];
+	char name_hex[33], name[IDEMPOTENCY_KEY_MAX + 80], px[24];
+	int name_length;
+
+	if (!redis_usable(server->redis))
+		return -1;
+	SHA256((const unsigned char *)call->body, call->body_length, digest);
+	hex_of(digest, sizeof(digest), call->digest_hex);
+	name_length = snprintf(name, sizeof(name), "%s\x1f%s", call->idempotency_client,
+			       call->idempotency_key);
+	if (name_length < 0 || (size_t)name_length >= sizeof(name))
+		return -1;
+	SHA256((const unsigned char *)name, (size_t)name_length, name_digest);
+	hex_of(name_digest, 16, name_hex);
+	snprintf(call->fleet_key, sizeof(call->fleet_key), "%si:%s", server->conf->redis_prefix,
+		 name_hex);
+	snprintf(px, sizeof(px), "%lld", (long long)(server->conf->upstream_timeout_ms + 1000));
+	{
+		const char *argv[] = { "EVAL",		fleet_begin,	  "1",
+				       call->fleet_key, call->digest_hex, px };
+		size_t lengths[] = { 4,
+				     sizeof(fleet_begin) - 1,
+				     1,
+				     strlen(call->fleet_key),
+				     strlen(call->digest_hex),
+				     strlen(px) };
+
+		call->command =
+			redis_command(server->redis, 6, argv, lengths, on_fleet_begin, call);
+	}
+	return call->command != NULL ? 0 : -1;
 }
 
 /* The request's body as one piece: evhttp has read all of it (Content-Length). */
@@ -249,26 +503,24 @@ static void handle_as(struct exchange *ex, int client)
 		exchange_reply_error(ex, 500, "internal", "out of memory");
 		goto drop;
 	}
-	if (key != NULL &&
-	    idempotency_check(ex, call->idempotency_client, key, upstream_body, length) < 0)
-		goto drop;
 	call->server = server;
 	call->ex = ex;
 	snprintf(call->credential, sizeof(call->credential), "%s", credential->name);
-	/* the call owns upstream_body from here, also when it fails to start */
-	if (upstream_start_export(server->upstream, server->conf, credential, upstream_body, length,
-				  on_done, call) == NULL) {
-		upstream_body = NULL;
-		if (key != NULL)
-			idempotency_forget(server->idempotency, call->idempotency_client, key);
-		exchange_reply_error(ex, 503, "unavailable",
-				     "the upstream request could not be started");
-		goto drop;
+	call->body = upstream_body;
+	call->body_length = length;
+	upstream_body = NULL;
+	if (key != NULL && fleet_ask(call) == 0) {
+		DL_APPEND(server->exports, call);
+		ex->export_call = call;
+		ex->state = EXCHANGE_WAITING;
+		watch_client_start(ex);
+		return;
 	}
+	if (key != NULL &&
+	    idempotency_check(ex, call->idempotency_client, key, call->body, call->body_length) < 0)
+		goto drop;
 	DL_APPEND(server->exports, call);
-	ex->export_call = call;
-	ex->state = EXCHANGE_WAITING;
-	watch_client_start(ex);
+	start_call(call, ex, credential);
 	return;
 drop:
 	if (upstream_body != NULL)
