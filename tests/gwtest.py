@@ -5,6 +5,7 @@ HTTP helpers over real sockets. TAP output so automake counts every case."""
 import http.client
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,17 @@ GATEWAY_WRAPPER = os.environ.get("GATEWAY_WRAPPER", "").split()
 START_TIMEOUT = 30.0 if GATEWAY_WRAPPER else 10.0
 # Extra seconds a timing bound allows for scheduling; valgrind runs ~30x slower.
 SLACK = 3.0 if GATEWAY_WRAPPER else 1.0
+REDIS_SERVER = os.environ.get("REDIS_SERVER", "redis-server")
+
+
+def sanitized():
+    """Whether the gateway binary was built with AddressSanitizer (slower: timing
+    bounds that are tight in a plain build allow more there)."""
+    try:
+        with open(GATEWAY_BIN, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
 
 
 def free_port(host="127.0.0.1"):
@@ -313,6 +325,200 @@ def raw_get(port, path, headers=None, timeout=30, method="GET", version="1.1"):
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     return sock, RawResponse(sock)
 
+
+class RedisError(Exception):
+    """An error reply from Redis (ERR, NOPERM, WRONGPASS, ...)."""
+
+
+class Resp:
+    """A tiny blocking RESP2 client over one socket: enough for assertions.
+    address: "HOST:PORT" or a unix socket path."""
+
+    def __init__(self, address, password=None, user=None, timeout=5.0):
+        if address.startswith("/"):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(address)
+        else:
+            host, port = address.rsplit(":", 1)
+            self.sock = socket.create_connection((host, int(port)), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        try:
+            if password is not None:
+                self.call("AUTH", *([user] if user else []), password)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, *args):
+        out = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            arg = arg if isinstance(arg, bytes) else str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+        self.sock.sendall(b"".join(out))
+
+    def read(self):
+        """One reply: str (status), int, bytes or None (bulk), list, RedisError."""
+        line = self.file.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("redis closed the connection")
+        kind, rest = line[:1], line[1:-2]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            return RedisError(rest.decode())
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            if int(rest) < 0:
+                return None
+            data = self.file.read(int(rest) + 2)
+            if len(data) != int(rest) + 2:
+                raise ConnectionError("redis closed the connection")
+            return data[:-2]
+        if kind == b"*":
+            return None if int(rest) < 0 else [self.read() for _ in range(int(rest))]
+        raise AssertionError("not RESP: %r" % line)
+
+    def call(self, *args):
+        self.send(*args)
+        reply = self.read()
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    def close(self):
+        self.file.close()
+        self.sock.close()
+
+
+class Redis:
+    """A redis-server of its own in directory/name, on a free loopback port and a
+    unix socket: nothing saved, the default user behind `password`, and an ACL user
+    `user` (password `user_password`) whose keys and channels are prefix* only.
+    stop, kill (SIGKILL), pause/resume (SIGSTOP/SIGCONT), restart (same port, empty)."""
+
+    def __init__(self, directory, name="redis", prefix="gumloop-gateway:", user="gw"):
+        self.dir = os.path.join(directory, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.address = "%s:%d" % (self.host, self.port)
+        self.unix_path = os.path.join(self.dir, "redis.sock")
+        self.prefix = prefix
+        self.password = "redis-default-" + secrets.token_hex(8)
+        self.user = user
+        self.user_password = "redis-gw-" + secrets.token_hex(8)
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.conf = os.path.join(self.dir, "redis.conf")
+        with open(self.conf, "w") as f:
+            f.write("\n".join([
+                "bind 127.0.0.1", "port %d" % self.port, "unixsocket " + self.unix_path,
+                "unixsocketperm 700", "dir " + self.dir, "logfile " + self.log_path,
+                "daemonize no", "databases 16", "requirepass " + self.password,
+                "user %s on >%s resetkeys ~%s* resetchannels &%s* +@all"
+                % (user, self.user_password, prefix, prefix),
+            ]) + "\n")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen([REDIS_SERVER, self.conf, "--save", "",
+                                      "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, what="redis-server on port %d" % self.port)
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            raise AssertionError("redis-server exited with %s:\n%s"
+                                 % (self.proc.returncode, self.logs()))
+        try:
+            return self.command("PING") == "PONG"
+        except (OSError, RedisError):
+            return False
+
+    def logs(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def connect(self, timeout=5.0, db=None):
+        """A Resp connection authenticated as the default user."""
+        conn = Resp(self.address, self.password, timeout=timeout)
+        if db:
+            conn.call("SELECT", db)
+        return conn
+
+    def command(self, *args, db=None, timeout=5.0):
+        conn = self.connect(timeout, db)
+        try:
+            return conn.call(*args)
+        finally:
+            conn.close()
+
+    def scan(self, match="*", db=None):
+        """Every key (bytes) matching match in db."""
+        conn = self.connect(db=db)
+        try:
+            keys, cursor = [], b"0"
+            while True:
+                cursor, batch = conn.call("SCAN", cursor, "MATCH", match, "COUNT", 1000)
+                keys += batch
+                if cursor == b"0":
+                    return keys
+        finally:
+            conn.close()
+
+    def value(self, key, db=None):
+        """Everything stored under key, as a list of bytes, whatever its type."""
+        kind = self.command("TYPE", key, db=db)
+        read = {"string": ("GET",), "hash": ("HGETALL",), "list": ("LRANGE", 0, -1),
+                "set": ("SMEMBERS",), "zset": ("ZRANGE", 0, -1, "WITHSCORES"),
+                "stream": ("XRANGE", "-", "+")}.get(kind)
+        if read is None:
+            return []
+        reply = self.command(read[0], key, *read[1:], db=db)
+        out, todo = [], [reply]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, list):
+                todo += item
+            elif item is not None:
+                out.append(item if isinstance(item, bytes) else str(item).encode())
+        return out
+
+    def client_pause(self, ms, mode="ALL"):
+        """CLIENT PAUSE: Redis holds every client's commands for ms (with ALL, CLIENT
+        UNPAUSE too, so the pause is waited out)."""
+        return self.command("CLIENT", "PAUSE", ms, mode)
+
+    def pause(self):
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self):
+        """Stopped (if running) and started again on the same port, empty."""
+        self.stop()
+        self.start()
 
 
 class TapResult(unittest.TextTestResult):
