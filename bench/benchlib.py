@@ -431,8 +431,9 @@ class Bench:
 
     # --- the gateway ---
 
-    def start_gateway(self, extra=()):
-        """extra: more (key, value) settings for the config."""
+    def start_gateway(self, extra=(), name="gateway", label=None):
+        """extra: more (key, value) settings for the config. name: its config file
+        (TMP/NAME.conf), log and record; give each gateway of a scenario its own."""
         port = free_port(HOST)
         conf = ini([("listen", "%s:%d" % (HOST, port)),
                     ("upstream", self.fake.url),
@@ -441,23 +442,24 @@ class Bench:
                     ("access_log", "off")] + list(extra),
                    [("credential default", [("user_id", USER_ID), ("api_key", API_KEY),
                                             ("kind", "personal")])])
-        self.configs.append(("gateway.conf", conf, "ini"))
-        self.logs.append(("gateway", self.path("gateway.log")))
-        gateway = gwtest.Gateway(self.dir, conf, host=HOST, port=port, wait=False,
+        self.configs.append((name + ".conf", conf, "ini"))
+        self.logs.append((name, self.path(name + ".log")))
+        gateway = gwtest.Gateway(self.dir, conf, name=name, host=HOST, port=port, wait=False,
                                  binary=GATEWAY_BIN)
-        self.procs.adopt("gateway", gateway.stop)
-        self.record("gateway", gateway.proc.args)
+        self.procs.adopt(name, gateway.stop)
+        self.record(name, gateway.proc.args)
         wait_for(gateway.ready, 10, "the gateway")
-        return Target("gateway", port, gateway.proc.pid)
+        return Target("gateway", port, gateway.proc.pid, label=label or name)
 
     # --- nginx ---
 
-    def start_nginx(self, nofile, template, values=None, label="nginx"):
+    def start_nginx(self, nofile, template, values=None, label="nginx", name="nginx"):
         """nginx on bench/TEMPLATE (a .conf.in) with its placeholders filled in:
         the paths in the temp dir, the ports, the credential, the CA and the TTL,
-        and the scenario's own values."""
+        and the scenario's own values. name: its prefix (TMP/NAME: pid, logs, cache)
+        and record; give each nginx of a scenario its own."""
         port = free_port(HOST)
-        prefix = self.path("nginx")
+        prefix = self.path(name)
         for sub in ("cache", "tmp", "logs"):
             os.makedirs(os.path.join(prefix, sub), exist_ok=True)
         p = lambda *parts: os.path.join(prefix, *parts)  # noqa: E731
@@ -468,7 +470,7 @@ class Bench:
         conf_path = p("nginx.conf")
         with open(conf_path, "w") as f:
             f.write(conf)
-        self.configs.append(("nginx.conf (from bench/%s)" % template, conf, "nginx"))
+        self.configs.append(("%s.conf (from bench/%s)" % (name, template), conf, "nginx"))
         base = ["nginx", "-p", prefix + "/", "-e", p("logs", "error.log"), "-c", conf_path]
         check = subprocess.run(base + ["-t", "-q"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -476,9 +478,9 @@ class Bench:
             raise RuntimeError("nginx -t failed:\n" + check.stdout
                                + read_text(p("logs", "error.log")))
         cmd = base + ["-g", "daemon off;"]
-        self.record("nginx", cmd)
-        self.logs.append(("nginx", p("logs", "error.log")))
-        proc = self.procs.start("nginx", cmd, p("logs", "stderr.log"))
+        self.record(name, cmd)
+        self.logs.append((name, p("logs", "error.log")))
+        proc = self.procs.start(name, cmd, p("logs", "stderr.log"))
 
         def ready():
             if proc.poll() is not None:
@@ -500,11 +502,15 @@ class Bench:
             target.port, "/export_status?data_export_id=%s%s" % (quote(export_id), extra_query))
         return status, headers.get("content-type"), body
 
-    def wrk(self, what, target, export_id, threads, conns, duration, timeout=None):
+    def wrk(self, what, target, export_id, threads, conns, duration, timeout=None,
+            script=None):
+        """script: a Lua file for wrk's -s (its output lands in res["raw"])."""
         duration = min(duration, MAX_WRK_SECONDS)
         cmd = ["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % duration, "--latency"]
         if timeout:
             cmd += ["--timeout", "%ds" % timeout]
+        if script:
+            cmd += ["-s", script]
         for h in target.headers:
             cmd += ["-H", h]
         cmd.append(target.url(export_id))
