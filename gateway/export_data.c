@@ -57,6 +57,8 @@ struct export_call {
 	struct redis_command *command; /* the begin, in flight */
 	char *body;		       /* upstream's body, until the call starts */
 	size_t body_length;
+	struct answer answer; /* upstream's, while Redis is told of it */
+	long upstream_status;
 };
 
 static void call_free(struct export_call *call)
@@ -64,6 +66,7 @@ static void call_free(struct export_call *call)
 	if (call == NULL)
 		return;
 	redis_command_cancel(call->command);
+	answer_clear(&call->answer);
 	if (call->body != NULL)
 		OPENSSL_cleanse(call->body, call->body_length);
 	free(call->body);
@@ -72,7 +75,8 @@ static void call_free(struct export_call *call)
 	free(call);
 }
 
-static void fleet_finish(struct export_call *call, const struct idempotency_answer *kept);
+static int fleet_finish(struct export_call *call, const struct idempotency_answer *kept,
+			redis_reply_cb done);
 static void fleet_reply(struct exchange *ex, const struct export_call *call,
 			const struct redisReply *reply);
 
@@ -117,9 +121,16 @@ static void noop_reply(const struct redisReply *reply, void *arg)
 	(void)arg;
 }
 
-/* Fleet: the answer kept in Redis as idempotency_finish keeps it here (or the key let go). */
-static void fleet_finish(struct export_call *call, const struct idempotency_answer *kept)
+/*
+ * Fleet: the answer kept in Redis as idempotency_finish keeps it here (or the
+ * key let go). With done: 1 when done(call) fires once Redis has it (so that a
+ * retry the client sends on reading the answer finds it), 0 when it was not
+ * sent.
+ */
+static int fleet_finish(struct export_call *call, const struct idempotency_answer *kept,
+			redis_reply_cb done)
 {
+	struct redis_command *command;
 	const struct conf *conf = call->server->conf;
 	int keep = kept != NULL && kept->status >= 200 && kept->status < 500 &&
 		   conf->idempotency_ttl_ms > 0;
@@ -149,56 +160,83 @@ static void fleet_finish(struct export_call *call, const struct idempotency_answ
 		const char *argv[] = { "SET", call->fleet_key, record, "PX", px };
 		size_t lengths[] = { 3, strlen(call->fleet_key), (size_t)length, 2, strlen(px) };
 
-		if (redis_command(call->server->redis, 5, argv, lengths, noop_reply, NULL) == NULL)
-			log_warn("Idempotency-Key: Redis cannot keep an answer now; its in-flight "
-				 "mark ends with its TTL");
+		command = redis_command(call->server->redis, 5, argv, lengths,
+					done != NULL ? done : noop_reply, call);
 	} else {
 		/* a 5xx (retries should try again), or no memory to keep it */
 		const char *argv[] = { "DEL", call->fleet_key };
 
-		if (redis_command(call->server->redis, 2, argv, NULL, noop_reply, NULL) == NULL)
-			log_warn("Idempotency-Key: Redis cannot let a key go now; its in-flight "
-				 "mark ends with its TTL");
+		command = redis_command(call->server->redis, 2, argv, NULL,
+					done != NULL ? done : noop_reply, call);
 	}
 	free(record);
+	if (command == NULL) {
+		log_warn("Idempotency-Key: Redis cannot be told of an answer now; its in-flight "
+			 "mark ends with its TTL");
+		return 0;
+	}
+	if (done == NULL)
+		return 0;
+	call->command = command;
+	return 1;
+}
+
+/* The client (if still there) gets call's answer; the call is over. */
+static void reply_and_forget(struct export_call *call)
+{
+	struct exchange *ex = call->ex;
+	struct answer *answer = &call->answer;
+
+	if (ex != NULL) {
+		ex->export_call = NULL;
+		if (answer->error == NULL && answer->status < 300)
+			log_new_export(ex, answer);
+		ex->upstream_status = call->upstream_status;
+		watch_client_stop(ex);
+		exchange_reply_data(ex, answer->status,
+				    answer->content_type ? answer->content_type
+							 : "application/json",
+				    answer->body, answer->body_length);
+	}
+	call_forget(call);
+}
+
+static void on_fleet_finished(const struct redisReply *reply, void *arg)
+{
+	struct export_call *call = arg;
+
+	(void)reply; /* kept or not, the client gets its answer */
+	call->command = NULL;
+	reply_and_forget(call);
 }
 
 static void on_done(const struct upstream_result *result, void *arg)
 {
 	struct export_call *call = arg;
-	struct exchange *ex = call->ex;
-	struct answer answer;
+	struct answer *answer = &call->answer;
 
-	answer_from_export(&answer, call->server->conf, result);
-	log_outcome(&answer, call->credential, ex == NULL);
+	answer_from_export(answer, call->server->conf, result);
+	call->upstream_status = result->status;
+	log_outcome(answer, call->credential, call->ex == NULL);
 	if (call->idempotency_key != NULL) {
 		struct idempotency_answer kept = {
-			.status = answer.status,
-			.content_type = answer.content_type,
-			.body = answer.body,
-			.body_length = answer.body_length,
+			.status = answer->status,
+			.content_type = answer->content_type,
+			.body = answer->body,
+			.body_length = answer->body_length,
 		};
 
 		/* also when the client left: its retry gets this answer */
-		if (call->fleet)
-			fleet_finish(call, &kept);
-		else
+		if (call->fleet) {
+			if (fleet_finish(call, &kept, on_fleet_finished))
+				return; /* the client is answered once Redis has it */
+		} else {
 			idempotency_finish(call->server->idempotency, call->idempotency_client,
 					   call->idempotency_key, &kept, now_ms(),
 					   call->server->conf->idempotency_ttl_ms);
+		}
 	}
-	if (ex != NULL) {
-		ex->export_call = NULL;
-		if (answer.error == NULL && answer.status < 300)
-			log_new_export(ex, &answer);
-		ex->upstream_status = result->status;
-		watch_client_stop(ex);
-		exchange_reply_data(ex, answer.status,
-				    answer.content_type ? answer.content_type : "application/json",
-				    answer.body, answer.body_length);
-	}
-	answer_clear(&answer);
-	call_forget(call);
+	reply_and_forget(call);
 }
 
 void export_data_detach(struct exchange *ex)
@@ -268,7 +306,7 @@ static void start_call(struct export_call *call, struct exchange *ex,
 	if (upstream_start_export(server->upstream, server->conf, credential, body,
 				  call->body_length, on_done, call) == NULL) {
 		if (call->fleet)
-			fleet_finish(call, NULL);
+			(void)fleet_finish(call, NULL, NULL);
 		else if (call->idempotency_key != NULL)
 			idempotency_forget(server->idempotency, call->idempotency_client,
 					   call->idempotency_key);
@@ -311,7 +349,7 @@ static void on_fleet_begin(const struct redisReply *reply, void *arg)
 	if (ex == NULL) {
 		/* the client left before anything started: nothing is carried out */
 		if (call->fleet)
-			fleet_finish(call, NULL);
+			(void)fleet_finish(call, NULL, NULL);
 		call_forget(call);
 		return;
 	}
@@ -326,7 +364,7 @@ static void on_fleet_begin(const struct redisReply *reply, void *arg)
 				       call->body, call->body_length) < 0) ||
 		    credential == NULL) {
 			if (credential == NULL && call->fleet) {
-				fleet_finish(call, NULL);
+				(void)fleet_finish(call, NULL, NULL);
 				exchange_reply_error(ex, 503, "unavailable",
 						     "the credential was removed by a reload");
 			}

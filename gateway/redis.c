@@ -395,6 +395,13 @@ struct redis *redis_new(struct event_base *base, const struct conf *conf)
 	return redis;
 }
 
+void redis_close(struct redis *redis)
+{
+	redis->closing = 1;
+	conn_drop(&redis->commands, 0);
+	conn_drop(&redis->subscriber, 0);
+}
+
 void redis_free(struct redis *redis)
 {
 	struct redis_command *command;

@@ -29,6 +29,11 @@ typedef void (*redis_resubscribed_cb)(void *arg);
 
 /* Connects to conf->redis (must be set) in the background. NULL (logged) when out of memory. */
 MUST_CHECK struct redis *redis_new(struct event_base *base, const struct conf *conf);
+/*
+ * Closes both connections for good: every pending command's callback fires
+ * now, with NULL (its caller carries on alone). For a reload that unsets redis.
+ */
+void redis_close(struct redis *redis);
 /* Drops both connections; pending commands' callbacks do not fire. */
 void redis_free(struct redis *redis);
 /* A reload: with other Redis settings, both connections are made again. */

@@ -573,6 +573,8 @@ static void apply_redis(struct server *server, const struct conf *conf)
 		if (server->redis != NULL)
 			log_info("redis: unset by the reload; this gateway now runs alone");
 		cache_set_redis(server->cache, NULL);
+		if (server->redis != NULL)
+			redis_close(server->redis); /* what waits on it goes on alone */
 		redis_free(server->redis);
 		server->redis = NULL;
 	} else if (server->redis != NULL) {

@@ -329,7 +329,9 @@ class TestRateSharedAcrossTheFleet(FleetCase):
 
 
 class TestIdempotencyAcrossTheFleet(FleetCase):
-    overrides = {"upstream_timeout": "5s"}
+    overrides = {"upstream_timeout": "60s"}
+    # the first export is held upstream this long: the others come meanwhile
+    DELAY_MS = int(3000 * SLOW ** 0.5)
 
     def post(self, gw, key, **changes):
         document = dict(EXPORT_BODY, **changes)
@@ -361,10 +363,11 @@ class TestIdempotencyAcrossTheFleet(FleetCase):
         before = self.exports()
         results = [None] * 9
         def post(i):
-            results[i] = self.post(self.gws[i % 3], key, fake_delay_ms="1500")
+            results[i] = self.post(self.gws[i % 3], key, fake_delay_ms=str(self.DELAY_MS))
         first = threading.Thread(target=post, args=(0,))
         first.start()
-        time.sleep(0.5 * SLOW)
+        wait_for(lambda: self.exports() == before + 1, timeout=10 * SLOW,
+                 what="the first export upstream")
         others = [threading.Thread(target=post, args=(i,)) for i in range(1, 9)]
         for t in others:
             t.start()
@@ -377,7 +380,7 @@ class TestIdempotencyAcrossTheFleet(FleetCase):
             self.assertEqual(headers.get("retry-after"), "1")
             self.assertEqual(json.loads(raw)["error"], "idempotency_in_progress")
         self.assertEqual(self.exports(), before + 1)
-        status, headers, _ = self.post(self.gws[1], key, fake_delay_ms="1500")
+        status, headers, _ = self.post(self.gws[1], key, fake_delay_ms=str(self.DELAY_MS))
         self.assertEqual((status, headers.get("idempotent-replayed")), (200, "true"))
         self.assertEqual(self.exports(), before + 1)
 
@@ -389,6 +392,53 @@ class TestIdempotencyAcrossTheFleet(FleetCase):
             self.assertEqual(status, 500)
             self.assertNotIn("idempotent-replayed", headers)
         self.assertEqual(self.exports(), before + 3)
+
+
+class TestReload(unittest.TestCase):
+    """SIGHUP sets, changes and unsets redis on a running gateway."""
+
+    def test_sighup_sets_and_unsets_redis(self):
+        redis = Redis(state["tmp"].path, "redis-reload")
+        other = Redis(state["tmp"].path, "redis-reload-b")
+        alone = start_gateway("reload-0", fleet_sections(), cache_pending_ttl="30s")
+        member = start_member("reload-1", redis, cache_pending_ttl="30s")
+        gws = [alone, member]
+        try:
+            self.assertEqual(metric(alone, UP), 0)
+
+            def config(**redis_settings):
+                return ini(base_settings(alone.port, cache_pending_ttl="30s", **redis_settings),
+                           fleet_sections())
+
+            alone.reload(config(**fleet_settings(redis)))
+            wait_for(lambda: metric(alone, UP) == 1, timeout=10 * SLOW, what="redis_up 1")
+            # now one fleet with member: one upstream call for both
+            export_id = fresh("states=IN_PROGRESS")
+            for gw in (member, alone, member, alone):
+                self.assertEqual(gw.request("GET", q(export_id), AUTH)[0], 200)
+            self.assertEqual(calls(export_id), 1)
+            # another Redis: reconnected there (member stays on the first one)
+            alone.reload(config(**fleet_settings(other)))
+            wait_for(lambda: metric(alone, UP) == 1, timeout=10 * SLOW, what="redis_up 1 again")
+            export_id = fresh("states=IN_PROGRESS")
+            for gw in (member, alone):
+                self.assertEqual(gw.request("GET", q(export_id), AUTH)[0], 200)
+            self.assertEqual(calls(export_id), 2)
+            self.assertTrue(other.scan(), "nothing stored in the new Redis")
+            # unset: alone again
+            alone.reload(config())
+            wait_for(lambda: metric(alone, UP) == 0, timeout=10 * SLOW, what="redis_up 0")
+            self.assertIn("unset by the reload", alone.logs())
+            export_id = fresh("states=IN_PROGRESS")
+            for gw in (alone, alone):
+                self.assertEqual(gw.request("GET", q(export_id), AUTH)[0], 200)
+            self.assertEqual(calls(export_id), 1)
+        finally:
+            try:
+                stop_all(gws, redis)
+            finally:
+                redis.stop()
+                other.stop()
 
 
 class TestHeldClientsWokenAcrossTheFleet(FleetCase):
