@@ -301,7 +301,10 @@ class TestWaiterTimeout(CacheCase):
         self.assertEqual(leader[:2], (504, "upstream_timeout"))
         self.assertEqual(waiter[:2], (504, "upstream_timeout"))
         # the waiter is answered when the call times out, not after a timeout of its own
-        self.assertLess(waiter[2], leader[2])
+        # (under valgrind the loop is too slow for the 0.5 s head start to hold: the
+        # plain and ASan runs check the order)
+        if not gwtest.GATEWAY_WRAPPER:
+            self.assertLess(waiter[2], leader[2])
         self.assertLess(leader[2], 1.5 + gwtest.SLACK)
 
 
