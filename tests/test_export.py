@@ -55,7 +55,10 @@ def client_sections():
 
 
 class ExportCase(GatewayCase):
-    overrides = {"client_timeout": "2s", "upstream_timeout": "2s"}
+    # an export call has a connection of its own: under valgrind its TLS handshake
+    # alone takes about 2 s, so the upstream timeout scales with the slack
+    UPSTREAM_TIMEOUT = 2 * int(gwtest.SLACK)
+    overrides = {"client_timeout": "2s", "upstream_timeout": "%ds" % UPSTREAM_TIMEOUT}
 
     @classmethod
     def setUpClass(cls):
@@ -151,7 +154,8 @@ class TestStart(ExportCase):
     def test_upstream_timeout_is_504_and_not_retried(self):
         before = self.calls()
         self.assert_gateway_error(504, "upstream_timeout",
-                                  self.post(body(fake_delay_ms="4000")))
+                                  self.post(body(fake_delay_ms=str(
+                                      1000 * self.UPSTREAM_TIMEOUT + 2000))))
         time.sleep(2.5)  # the fake's answer, had there been a second call
         self.assertEqual(self.calls(), before + 1)
 
