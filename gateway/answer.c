@@ -5,6 +5,8 @@
  */
 #include "answer.h"
 
+#include "hex.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -268,15 +270,11 @@ void answer_from_export(struct answer *answer, const struct conf *conf,
 
 void answer_etag(const char *body, size_t length, char etag[ANSWER_ETAG_SIZE])
 {
-	static const char digits[] = "0123456789abcdef";
 	unsigned char digest[SHA256_DIGEST_LENGTH];
 
 	SHA256((const unsigned char *)body, length, digest);
 	etag[0] = '"';
-	for (size_t i = 0; i < 8; i++) {
-		etag[1 + 2 * i] = digits[digest[i] >> 4];
-		etag[2 + 2 * i] = digits[digest[i] & 0xf];
-	}
+	hex_encode(digest, 8, etag + 1);
 	etag[17] = '"';
 	etag[18] = '\0';
 }

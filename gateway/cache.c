@@ -15,12 +15,12 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <hiredis/hiredis.h>
-#include <openssl/sha.h>
 
 #include "answer.h"
 #include "clock.h"
 #include "conf.h"
 #include "hash.h"
+#include "hex.h"
 #include "log.h"
 #include "query.h"
 #include "redact.h"
@@ -32,7 +32,7 @@
 #define CACHE_REAP_INTERVAL_MS 1000
 #define CACHE_NAME_MAX	       64
 /* A key's name in Redis: 32 hex digits of SHA-256(user id, 0x1f, export id). */
-#define FLEET_ID_SIZE 33
+#define FLEET_ID_SIZE (REDIS_HASH_HEX + 1)
 /* A flight waiting for another instance's call re-reads at most this often. */
 #define FLEET_ATTEMPTS 3
 
@@ -434,28 +434,15 @@ static const char store_and_publish[] =
 
 static void fleet_id_of(const char *key, char id[FLEET_ID_SIZE])
 {
-	static const char hex[] = "0123456789abcdef";
-	unsigned char digest[SHA256_DIGEST_LENGTH];
-
-	SHA256((const unsigned char *)key, strlen(key), digest);
-	for (int i = 0; i < (FLEET_ID_SIZE - 1) / 2; i++) {
-		id[2 * i] = hex[digest[i] >> 4];
-		id[2 * i + 1] = hex[digest[i] & 15];
-	}
-	id[FLEET_ID_SIZE - 1] = '\0';
+	redis_hash_name(key, strlen(key), id);
 }
 
 static void random_id(char id[FLEET_ID_SIZE])
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char bytes[(FLEET_ID_SIZE - 1) / 2];
 
 	evutil_secure_rng_get_bytes(bytes, sizeof(bytes));
-	for (size_t i = 0; i < sizeof(bytes); i++) {
-		id[2 * i] = hex[bytes[i] >> 4];
-		id[2 * i + 1] = hex[bytes[i] & 15];
-	}
-	id[FLEET_ID_SIZE - 1] = '\0';
+	hex_encode(bytes, sizeof(bytes), id);
 }
 
 /* A stored value, parsed; body and type point into the reply. -1 when not one. */
@@ -857,34 +844,30 @@ static void on_fleet_message(const char *payload, size_t length, void *arg)
 	flight_deliver_and_free(flight, &answer);
 }
 
-/* After a reconnect, messages may have been lost: waiting flights ask again. */
-static void on_fleet_resubscribed(void *arg)
+/* act on every flight that waits for another instance's answer (may free it). */
+static void each_waiting_flight(struct cache *cache, void (*act)(struct flight *flight))
 {
-	struct cache *cache = arg;
 	struct flight *flight, *next;
 
 	HASH_ITER (hh_fleet, cache->fleet_flights, flight, next) {
 		if (flight->call == NULL && flight->command == NULL &&
 		    event_pending(flight->fleet_timer, EV_TIMEOUT, NULL)) {
 			event_del(flight->fleet_timer);
-			fleet_ask(flight);
+			act(flight);
 		}
 	}
+}
+
+/* After a reconnect, messages may have been lost: waiting flights ask again. */
+static void on_fleet_resubscribed(void *arg)
+{
+	each_waiting_flight(arg, fleet_ask);
 }
 
 /* Redis went away: flights waiting for another instance's answer call upstream now. */
 static void on_fleet_lost(void *arg)
 {
-	struct cache *cache = arg;
-	struct flight *flight, *next;
-
-	HASH_ITER (hh_fleet, cache->fleet_flights, flight, next) {
-		if (flight->call == NULL && flight->command == NULL &&
-		    event_pending(flight->fleet_timer, EV_TIMEOUT, NULL)) {
-			event_del(flight->fleet_timer);
-			flight_call(flight); /* may free flight */
-		}
-	}
+	each_waiting_flight(arg, flight_call);
 }
 
 void cache_set_redis(struct cache *cache, struct redis *redis)

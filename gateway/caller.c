@@ -15,7 +15,6 @@
 #include "redis.h"
 
 #include <hiredis/hiredis.h>
-#include <openssl/sha.h>
 #include <string.h>
 
 /*
@@ -117,22 +116,15 @@ static int fleet_rate_limit(struct exchange *ex, int client, caller_next_cb next
 {
 	const struct conf *conf = ex->server->conf;
 	const struct conf_client *c = &conf->clients[client];
-	static const char hex[] = "0123456789abcdef";
-	unsigned char digest[SHA256_DIGEST_LENGTH];
-	char name[200], key[160], rate[32], burst[32];
+	char name[200], id[REDIS_HASH_HEX + 1], key[160], rate[32], burst[32];
 	int length;
 
 	if (c->rate_per_second <= 0 || !redis_usable(ex->server->redis))
 		return 0;
 	/* a new rate is a new bucket, as for a reload without Redis */
 	length = snprintf(name, sizeof(name), "%s\x1f%.9g", c->name, c->rate_per_second);
-	SHA256((const unsigned char *)name, (size_t)length, digest);
-	length = snprintf(key, sizeof(key), "%sr:", conf->redis_prefix);
-	for (int i = 0; i < 16 && length + 2 < (int)sizeof(key); i++) {
-		key[length++] = hex[digest[i] >> 4];
-		key[length++] = hex[digest[i] & 15];
-	}
-	key[length] = '\0';
+	redis_hash_name(name, (size_t)length, id);
+	snprintf(key, sizeof(key), "%sr:%s", conf->redis_prefix, id);
 	snprintf(rate, sizeof(rate), "%.9g", c->rate_per_second);
 	snprintf(burst, sizeof(burst), "%.9g",
 		 2 * c->rate_per_second < 1 ? 1 : 2 * c->rate_per_second);

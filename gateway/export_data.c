@@ -26,6 +26,7 @@
 #include "clock.h"
 #include "conf.h"
 #include "export_body.h"
+#include "hex.h"
 #include "idempotency.h"
 #include "log.h"
 #include "redis.h"
@@ -323,17 +324,6 @@ static void start_call(struct export_call *call, struct exchange *ex,
 		watch_client_start(ex);
 }
 
-static void hex_of(const unsigned char *bytes, size_t count, char *out)
-{
-	static const char hex[] = "0123456789abcdef";
-
-	for (size_t i = 0; i < count; i++) {
-		out[2 * i] = hex[bytes[i] >> 4];
-		out[2 * i + 1] = hex[bytes[i] & 15];
-	}
-	out[2 * count] = '\0';
-}
-
 /* Fleet: what Redis says of the key decides, as idempotency_check does alone. */
 static void on_fleet_begin(const struct redisReply *reply, void *arg)
 {
@@ -431,20 +421,18 @@ static int fleet_ask(struct export_call *call)
 {
 	struct server *server = call->server;
 	unsigned char digest[IDEMPOTENCY_DIGEST_BYTES];
-	unsigned char name_digest[SHA256_DIGEST_LENGTH];
-	char name_hex[33], name[IDEMPOTENCY_KEY_MAX + 80], px[24];
+	char name_hex[REDIS_HASH_HEX + 1], name[IDEMPOTENCY_KEY_MAX + 80], px[24];
 	int name_length;
 
 	if (!redis_usable(server->redis))
 		return -1;
 	SHA256((const unsigned char *)call->body, call->body_length, digest);
-	hex_of(digest, sizeof(digest), call->digest_hex);
+	hex_encode(digest, sizeof(digest), call->digest_hex);
 	name_length = snprintf(name, sizeof(name), "%s\x1f%s", call->idempotency_client,
 			       call->idempotency_key);
 	if (name_length < 0 || (size_t)name_length >= sizeof(name))
 		return -1;
-	SHA256((const unsigned char *)name, (size_t)name_length, name_digest);
-	hex_of(name_digest, 16, name_hex);
+	redis_hash_name(name, (size_t)name_length, name_hex);
 	snprintf(call->fleet_key, sizeof(call->fleet_key), "%si:%s", server->conf->redis_prefix,
 		 name_hex);
 	snprintf(px, sizeof(px), "%lld", (long long)(server->conf->upstream_timeout_ms + 1000));

@@ -27,8 +27,10 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/sha.h>
 
 #include "conf.h"
+#include "hex.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -466,6 +468,14 @@ void redis_subscribe(struct redis *redis, redis_message_cb on_message_cb,
 int redis_usable(const struct redis *redis)
 {
 	return redis != NULL && redis->commands.state == CONN_READY;
+}
+
+void redis_hash_name(const char *text, size_t length, char out[REDIS_HASH_HEX + 1])
+{
+	unsigned char digest[SHA256_DIGEST_LENGTH];
+
+	SHA256((const unsigned char *)text, length, digest);
+	hex_encode(digest, REDIS_HASH_HEX / 2, out);
 }
 
 const char *redis_channel(const struct redis *redis)

@@ -58,6 +58,12 @@ MUST_CHECK struct redis_command *redis_command(struct redis *redis, int argc, co
 					       void *arg);
 /* done will not fire. */
 void redis_command_cancel(struct redis_command *command);
+/*
+ * What names a thing in Redis without saying it: 32 hex digits of SHA-256 of
+ * text (a user id and export id, a client's name, an Idempotency-Key).
+ */
+#define REDIS_HASH_HEX 32
+void redis_hash_name(const char *text, size_t length, char out[REDIS_HASH_HEX + 1]);
 /* The fleet's channel name ("{redis_prefix}n"). */
 const char *redis_channel(const struct redis *redis);
 

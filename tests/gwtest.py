@@ -480,11 +480,11 @@ class Redis:
         if read is None:
             return []
         reply = self.command(read[0], key, *read[1:], db=db)
-        out, todo = [], [reply]
-        while todo:
-            item = todo.pop()
+        out, stack = [], [reply]
+        while stack:
+            item = stack.pop()
             if isinstance(item, list):
-                todo += item
+                stack += item
             elif item is not None:
                 out.append(item if isinstance(item, bytes) else str(item).encode())
         return out
