@@ -422,11 +422,14 @@ class Redis:
         self.proc = None
         self.start()
 
-    def start(self):
+    def start(self, extra=(), wait=True):
+        """Starts redis-server (extra: more of its options, as arguments); with wait,
+        returns once it answers PING (not while it is loading a dump)."""
         self.proc = subprocess.Popen([REDIS_SERVER, self.conf, "--save", "",
-                                      "--appendonly", "no"],
+                                      "--appendonly", "no"] + list(extra),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(self._answers, what="redis-server on port %d" % self.port)
+        if wait:
+            wait_for(self._answers, what="redis-server on port %d" % self.port)
 
     def _answers(self):
         if self.proc.poll() is not None:
@@ -519,6 +522,34 @@ class Redis:
         """Stopped (if running) and started again on the same port, empty."""
         self.stop()
         self.start()
+
+    def restart_loading(self, keys, per_key_us):
+        """Fills the server with keys throwaway keys (outside any prefix), saves them
+        and restarts it loading that dump slowly (per_key_us per key, answering
+        clients meanwhile): until it is loaded, Redis answers most commands -LOADING.
+        Returns once a command has been answered -LOADING. The dump is removed, so
+        the next restart is empty again."""
+        script = "for i = 1, tonumber(ARGV[1]) do redis.call('SET', 'fill:' .. i, i) end"
+        self.command("EVAL", script, 0, keys, timeout=60)
+        self.command("SAVE", timeout=60)
+        self.stop()
+        self.start(["--key-load-delay", str(per_key_us),
+                    "--loading-process-events-interval-bytes", "1024"], wait=False)
+
+        def loading():
+            try:
+                self.command("PING", timeout=1)
+            except RedisError as e:
+                return str(e).startswith("LOADING")
+            except OSError:
+                return False
+            raise AssertionError("redis-server loaded its dump before a client saw it loading")
+        wait_for(loading, what="redis-server answering -LOADING")
+        os.unlink(os.path.join(self.dir, "dump.rdb"))  # read from the open file
+
+    def loaded(self):
+        """True once the server answers PING (no longer -LOADING)."""
+        return self._answers()
 
 
 class TapResult(unittest.TextTestResult):

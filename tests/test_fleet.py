@@ -524,6 +524,105 @@ class TestRedisKilledAndRestarted(FleetCase):
         self.assertTrue(self.redis.scan(self.prefix + "*"), "nothing stored in the new Redis")
 
 
+class TestRedisLoading(FleetCase):
+    """Redis restarted with a dump to load answers -LOADING meanwhile: each instance
+    serves alone, says so once, and the fleet shares again once it is loaded."""
+
+    TTL = 1.0
+    overrides = {"cache_pending_ttl": "1s"}
+    KEYS = 80000 if VALGRIND else 40000  # about 3 s of loading (6 s under valgrind)
+
+    def test_loading_redis_serves_each_alone_then_the_fleet_again(self):
+        n = len(self.gws)
+        logged = [len(redis_log_lines(gw)) for gw in self.gws]
+        self.redis.restart_loading(self.KEYS, 20)
+        loading_seen = time.monotonic()
+        self.assert_redis_up(0, 5 * SLOW)
+        export_id = fresh("states=IN_PROGRESS")
+        elapsed = self.poll(export_id, 1.5)
+        still_loading = not self.redis.loaded()
+        self.assertTrue(still_loading, "Redis loaded its dump in %.1f s: too fast for this "
+                        "test" % (time.monotonic() - loading_seen))
+        self.assertLessEqual(calls(export_id), n * per_window(elapsed, self.TTL), "loading")
+        wait_for(self.redis.loaded, timeout=60, what="Redis done loading")
+        self.assert_redis_up(1, 8 * SLOW)
+        export_id = fresh("states=IN_PROGRESS")
+        elapsed = self.poll(export_id, 2.5)
+        self.assertLessEqual(calls(export_id), per_window(elapsed, self.TTL), "loaded")
+        for gw, before in zip(self.gws, logged):
+            lines = redis_log_lines(gw)[before:]
+            # the restart and the -LOADING refusals are one outage: one line for it
+            self.assertEqual(len(lines), 1, "%s logged:\n%s" % (gw.conf, "\n".join(lines)))
+            self.assertIn("back; the fleet shares its state again", gw.logs())
+
+
+class TestRedisOutOfMemory(FleetCase):
+    """Redis at maxmemory (noeviction) refuses every write with -OOM: requests are
+    still answered, each instance coalesces alone, one line per instance, errors
+    counted; the fleet shares again once Redis has room."""
+
+    TTL = 1.0
+    overrides = {"cache_pending_ttl": "1s"}
+
+    def test_oom_redis_serves_each_alone_then_the_fleet_again(self):
+        n = len(self.gws)
+        errors = [metric(gw, ERRORS) for gw in self.gws]
+        logged = [len(redis_log_lines(gw)) for gw in self.gws]
+        self.redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        self.redis.command("CONFIG", "SET", "maxmemory", "1")
+        try:
+            export_id = fresh("states=IN_PROGRESS")
+            elapsed = self.poll(export_id, 2.5)
+            self.assertLessEqual(calls(export_id), n * per_window(elapsed, self.TTL), "OOM")
+            # concurrent misses on every instance while Redis refuses: all answered
+            shared = fresh("states=IN_PROGRESS;delay=300")
+            results = fire([(self.gws[i % n].port, q(shared)) for i in range(30)], 10 * SLOW)
+            for result in results:
+                self.assertIsNotNone(result, "not answered while Redis refuses writes")
+                self.assertEqual(result[0], 200, result[2])
+            self.assertLessEqual(calls(shared), n)
+            self.assertEqual(self.redis.scan(self.prefix + "*"), [])
+        finally:
+            self.redis.command("CONFIG", "SET", "maxmemory", "0")
+        for gw, before, old in zip(self.gws, logged, errors):
+            lines = redis_log_lines(gw)[before:]
+            self.assertEqual(len(lines), 1, "%s logged:\n%s" % (gw.conf, "\n".join(lines)))
+            self.assertRegex(lines[0], r"OOM")
+            self.assertGreater(metric(gw, ERRORS), old, gw.conf)
+        export_id = fresh("states=IN_PROGRESS")
+        elapsed = self.poll(export_id, 2.5)
+        self.assertLessEqual(calls(export_id), per_window(elapsed, self.TTL), "room again")
+        self.assertTrue(self.redis.scan(self.prefix + "*"), "nothing stored after OOM")
+
+
+class TestStaleIfErrorAcrossTheFleet(FleetCase):
+    """An answer one instance stored is served stale by every instance when the
+    fleet's one refresh fails."""
+
+    TTL = 1.0
+    overrides = {"cache_pending_ttl": "1s", "cache_stale_if_error": "1m"}
+
+    def test_failed_refresh_serves_the_stale_answer_on_every_instance(self):
+        n = len(self.gws)
+        # IN_PROGRESS, then 503 for every later call; each answer after 300 ms
+        export_id = fresh("states=IN_PROGRESS,503;delay=300")
+        status, headers, body = self.get(self.gws[0], q(export_id))
+        self.assertEqual((status, headers["x-cache"]), (200, "MISS"), body)
+        time.sleep(self.TTL + 0.2)
+        # the other instances never saw it: what they serve stale came from Redis
+        results = fire([(self.gws[1 + i % (n - 1)].port, q(export_id)) for i in range(20)],
+                       10 * SLOW)
+        for result in results:
+            self.assertIsNotNone(result, "not answered")
+            status, headers, stale = result[:3]
+            self.assertEqual((status, headers.get("x-cache"), stale), (200, "STALE", body))
+        self.assertEqual(calls(export_id), 2, "one refresh for the fleet")
+        # and the instance that fetched it, without a call of its own meanwhile
+        status, headers, stale = self.get(self.gws[0], q(export_id))
+        self.assertEqual((status, headers["x-cache"], stale), (200, "STALE", body))
+        self.assertLessEqual(calls(export_id), 3)
+
+
 class TestRedisStalled(FleetCase):
     """Redis that does not answer costs a request at most redis_timeout."""
 
