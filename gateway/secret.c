@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -128,6 +129,31 @@ static int copy_secret(const char *secret, const char *origin, char **value, cha
 	return 0;
 }
 
+/* systemd's LoadCredential=NAME:...: the file NAME in $CREDENTIALS_DIRECTORY. */
+static int read_credential(const char *name, char **value, int *insecure, char *err, size_t errlen)
+{
+	const char *directory = getenv("CREDENTIALS_DIRECTORY");
+	char path[PATH_MAX];
+
+	if (*name == '\0' || strchr(name, '/') != NULL || strcmp(name, ".") == 0 ||
+	    strcmp(name, "..") == 0) {
+		snprintf(err, errlen, "credential: needs a credential name (a file name, no /)");
+		return -1;
+	}
+	if (directory == NULL || directory[0] != '/') {
+		snprintf(err, errlen,
+			 "credential:%s: CREDENTIALS_DIRECTORY is not set (systemd sets it for a "
+			 "unit with LoadCredential=%s:FILE)",
+			 name, name);
+		return -1;
+	}
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s", directory, name) >= sizeof(path)) {
+		snprintf(err, errlen, "credential:%s: the path is too long", name);
+		return -1;
+	}
+	return read_secret_file(path, value, insecure, err, errlen);
+}
+
 int secret_resolve(const char *spec, char **value, int *insecure, char *err, size_t errlen)
 {
 	char origin[300];
@@ -156,5 +182,7 @@ int secret_resolve(const char *spec, char **value, int *insecure, char *err, siz
 		}
 		return read_secret_file(spec + 5, value, insecure, err, errlen);
 	}
+	if (strncmp(spec, "credential:", 11) == 0)
+		return read_credential(spec + 11, value, insecure, err, errlen);
 	return copy_secret(spec, "secret", value, err, errlen);
 }

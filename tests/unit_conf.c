@@ -874,6 +874,35 @@ static void test_secret_literal_env_file(void **state)
 	unsetenv("UNIT_CONF_SECRET");
 }
 
+static void assert_secret_fails(const char *spec, const char *message_part, const char *secret);
+
+/* credential:NAME is the file NAME in systemd's $CREDENTIALS_DIRECTORY. */
+static void test_secret_credential(void **state)
+{
+	char err[512], path[256];
+	char *value;
+	int insecure;
+
+	(void)state;
+	write_text(path, sizeof(path), "api_key", "from-systemd\n");
+	assert_int_equal(chmod(path, 0400), 0);
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
+	assert_int_equal(secret_resolve("credential:api_key", &value, &insecure, err, sizeof(err)),
+			 0);
+	assert_string_equal(value, "from-systemd");
+	assert_int_equal(insecure, 0);
+	free(value);
+	assert_secret_fails("credential:missing", "cannot read secret file", NULL);
+	assert_secret_fails("credential:", "credential: needs a credential name", NULL);
+	assert_secret_fails("credential:../api_key", "credential: needs a credential name", NULL);
+	assert_secret_fails("credential:..", "credential: needs a credential name", NULL);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	assert_secret_fails("credential:api_key", "CREDENTIALS_DIRECTORY is not set", NULL);
+	setenv("CREDENTIALS_DIRECTORY", "relative/dir", 1);
+	assert_secret_fails("credential:api_key", "CREDENTIALS_DIRECTORY is not set", NULL);
+	unsetenv("CREDENTIALS_DIRECTORY");
+}
+
 static void test_secret_file_size_limit(void **state)
 {
 	char err[256], spec[300];
@@ -1272,7 +1301,7 @@ static void test_cidr_match(void **state)
  */
 static void test_sample_config(void **state)
 {
-	char err[ERR_SIZE], path[512];
+	char err[ERR_SIZE], path[512], secret[256];
 	const char *top = getenv("TOP_SRCDIR");
 	const char *slash = strrchr(__FILE__, '/');
 	struct conf *conf;
@@ -1290,11 +1319,12 @@ static void test_sample_config(void **state)
 		fprintf(stderr, "test_sample_config: %s not found, set TOP_SRCDIR\n", path);
 		return;
 	}
-	setenv("GUMLOOP_USER_ID", "sample-user", 1);
-	setenv("GUMLOOP_API_KEY", "sample-key", 1);
+	/* its credentials come from systemd (LoadCredential=) */
+	write_text(secret, sizeof(secret), "gumloop_user_id", "sample-user\n");
+	write_text(secret, sizeof(secret), "gumloop_api_key", "sample-key\n");
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
 	conf = conf_load(path, err, sizeof(err));
-	unsetenv("GUMLOOP_USER_ID");
-	unsetenv("GUMLOOP_API_KEY");
+	unsetenv("CREDENTIALS_DIRECTORY");
 	if (!conf)
 		fail_msg("%s", err);
 	assert_int_equal(conf->credential_count, 1);
@@ -1333,6 +1363,7 @@ int main(void)
 		cmocka_unit_test(test_empty_values),
 		cmocka_unit_test(test_credential_kind),
 		cmocka_unit_test(test_secret_literal_env_file),
+		cmocka_unit_test(test_secret_credential),
 		cmocka_unit_test(test_secret_file_size_limit),
 		cmocka_unit_test(test_secret_errors),
 		cmocka_unit_test(test_secret_errors_in_file),
