@@ -12,7 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include <curl/curl.h>
 #include <event2/event.h>
@@ -45,7 +50,7 @@ static void usage(FILE *out)
 		"  -t        check the config and every secret, print \"config ok\"\n"
 		"  -V        print the version\n"
 		"  -h        this help\n",
-		SYSCONFDIR "/gumloop-gateway.conf");
+		SYSCONFDIR "/gumloop-gateway/gumloop-gateway.conf");
 }
 
 /* An installed binary reads $sysconfdir; one run from the build tree, conf/. */
@@ -56,8 +61,8 @@ static const char *default_conf_path(void)
 
 	if (n > 0) {
 		self[n] = '\0';
-		if (strncmp(self, BINDIR "/", strlen(BINDIR) + 1) == 0)
-			return SYSCONFDIR "/gumloop-gateway.conf";
+		if (strncmp(self, SBINDIR "/", strlen(SBINDIR) + 1) == 0)
+			return SYSCONFDIR "/gumloop-gateway/gumloop-gateway.conf";
 	}
 	return "conf/gateway.conf";
 }
@@ -108,6 +113,38 @@ static void raise_fd_limit(const struct conf *conf)
 			 (unsigned long long)limit.rlim_max, (unsigned long long)wanted);
 }
 
+/*
+ * systemd's readiness protocol (Type=notify), when built with libsystemd and run
+ * with NOTIFY_SOCKET: a datagram to the service manager, nothing otherwise.
+ */
+static void notify(const char *state)
+{
+#ifdef HAVE_SYSTEMD
+	int rc = sd_notify(0, state);
+
+	if (rc < 0)
+		log_warn("sd_notify: %s", strerror(-rc));
+#else
+	(void)state;
+#endif
+}
+
+/* RELOADING=1 with the time it began (systemd 253's Type=notify-reload wants it). */
+static void notify_reloading(void)
+{
+	struct timespec now;
+	char state[64];
+
+	if (clock_gettime(CLOCK_MONOTONIC, &now) != 0) {
+		notify("RELOADING=1");
+		return;
+	}
+	snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+		 (unsigned long long)now.tv_sec * 1000000ULL +
+			 (unsigned long long)now.tv_nsec / 1000ULL);
+	notify(state);
+}
+
 static void on_drained(void *arg)
 {
 	struct gateway *gateway = arg;
@@ -141,8 +178,10 @@ static void on_stop(evutil_socket_t signal_number, short what, void *arg)
 		return;
 	}
 	gateway->stopping = 1;
-	log_info("signal %d: no longer accepting, finishing requests in flight",
+	log_info("signal %d: draining (readyz answers 503, new requests are refused), finishing "
+		 "requests in flight",
 		 (int)signal_number);
+	notify("STOPPING=1");
 	if (event_add(gateway->drain_timer, &timeout) < 0)
 		event_base_loopexit(gateway->base, NULL);
 	server_drain(gateway->server, on_drained, gateway);
@@ -157,11 +196,13 @@ static void on_reload(evutil_socket_t signal_number, short what, void *arg)
 	(void)what;
 	if (gateway->stopping)
 		return;
+	notify_reloading();
 	conf = load(gateway->conf_path);
 	if (conf == NULL) {
 		log_error("reload: %s has errors, the running config stays in force",
 			  gateway->conf_path);
 		metrics_reload(0);
+		notify("READY=1\nSTATUS=reload failed, the previous config is in force");
 		return;
 	}
 	{
@@ -172,12 +213,14 @@ static void on_reload(evutil_socket_t signal_number, short what, void *arg)
 				  gateway->conf_path);
 			conf_free(conf);
 			metrics_reload(0);
+			notify("READY=1\nSTATUS=reload failed, the previous config is in force");
 			return;
 		}
 		gateway->drain_timeout_ms = drain_timeout_ms;
 	}
 	metrics_reload(1);
 	log_info("reload: %s is in force", gateway->conf_path);
+	notify("READY=1\nSTATUS=serving");
 }
 
 /*
@@ -227,6 +270,8 @@ static int run(struct gateway *gateway, struct conf *conf)
 	}
 	conf = NULL;
 	log_info("gumloop-gateway %s started", PACKAGE_VERSION);
+	/* the listeners are bound: a unit ordered after this one may connect */
+	notify("READY=1\nSTATUS=serving");
 	if (event_base_dispatch(gateway->base) < 0)
 		goto done;
 	status = 0;
@@ -261,7 +306,13 @@ int main(int argc, char **argv)
 			check_only = 1;
 			break;
 		case 'V':
-			printf("gumloop-gateway %s\n", PACKAGE_VERSION);
+			printf("gumloop-gateway %s%s\n", PACKAGE_VERSION,
+#ifdef HAVE_SYSTEMD
+			       " (sd_notify)"
+#else
+			       ""
+#endif
+			);
 			return 0;
 		case 'h':
 			usage(stdout);
