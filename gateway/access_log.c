@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <limits.h>
 #include <pthread.h>
@@ -23,6 +24,7 @@
 
 struct access_log {
 	int fd;
+	int json;  /* JSON lines */
 	int owned; /* ours to close (not stderr) */
 	pthread_t writer;
 	pthread_mutex_t lock;
@@ -97,7 +99,7 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-int access_log_open(const char *target, struct access_log **out)
+int access_log_open(const char *target, int json, struct access_log **out)
 {
 	struct access_log *log;
 
@@ -107,6 +109,7 @@ int access_log_open(const char *target, struct access_log **out)
 	log = calloc(1, sizeof(*log));
 	if (log == NULL || (log->queue = malloc(ACCESS_LOG_BUFFER_BYTES)) == NULL)
 		goto fail;
+	log->json = json;
 	if (strcmp(target, "-") == 0) {
 		log->fd = STDERR_FILENO;
 	} else {
@@ -203,21 +206,134 @@ static const char *or_dash(const char *text)
 	return text != NULL && text[0] != '\0' ? text : "-";
 }
 
+/* Appends text as a JSON string (quoted), or null; false when out of room. */
+static int json_string(char *out, size_t cap, size_t *at, const char *text)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *c;
+
+	if (text == NULL || text[0] == '\0') {
+		if (*at + 4 >= cap)
+			return 0;
+		memcpy(out + *at, "null", 4);
+		*at += 4;
+		return 1;
+	}
+	if (*at + 1 >= cap)
+		return 0;
+	out[(*at)++] = '"';
+	for (c = (const unsigned char *)text; *c != '\0'; c++) {
+		if (*at + 7 >= cap)
+			return 0;
+		if (*c == '"' || *c == '\\') {
+			out[(*at)++] = '\\';
+			out[(*at)++] = (char)*c;
+		} else if (*c < 0x20 || *c >= 0x7f) {
+			/* any other byte as its Latin-1 code point: valid JSON for any input */
+			memcpy(out + *at, "\\u00", 4);
+			out[*at + 4] = hex[*c >> 4];
+			out[*at + 5] = hex[*c & 15];
+			*at += 6;
+		} else {
+			out[(*at)++] = (char)*c;
+		}
+	}
+	out[(*at)++] = '"';
+	return 1;
+}
+
+/* Appends printf output; false when out of room. */
+static int json_raw(char *out, size_t cap, size_t *at, const char *format, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static int json_raw(char *out, size_t cap, size_t *at, const char *format, ...)
+{
+	va_list args;
+	int n;
+
+	va_start(args, format);
+	n = vsnprintf(out + *at, cap - *at, format, args);
+	va_end(args);
+	if (n < 0 || (size_t)n >= cap - *at)
+		return 0;
+	*at += (size_t)n;
+	return 1;
+}
+
+static void now_utc(char *out, size_t cap)
+{
+	struct timespec now;
+	struct tm tm;
+
+	if (clock_gettime(CLOCK_REALTIME, &now) != 0 || gmtime_r(&now.tv_sec, &tm) == NULL ||
+	    strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+		snprintf(out, cap, "?");
+		return;
+	}
+	snprintf(out + strlen(out), cap - strlen(out), ".%03ldZ", now.tv_nsec / 1000000);
+}
+
+/* The entry as one JSON object and a newline; 0 when it does not fit in cap. */
+static size_t json_line(const struct access_log_entry *entry, const char *peer, char *out,
+			size_t cap)
+{
+	char time[40];
+	size_t at = 0;
+	int ok;
+
+	now_utc(time, sizeof(time));
+	ok = json_raw(out, cap, &at, "{\"time\":") && json_string(out, cap, &at, time) &&
+	     json_raw(out, cap, &at, ",\"peer\":") && json_string(out, cap, &at, peer) &&
+	     json_raw(out, cap, &at, ",\"client\":") && json_string(out, cap, &at, entry->client) &&
+	     json_raw(out, cap, &at, ",\"credential\":") &&
+	     json_string(out, cap, &at, entry->credential) &&
+	     json_raw(out, cap, &at, ",\"method\":") && json_string(out, cap, &at, entry->method) &&
+	     json_raw(out, cap, &at, ",\"path\":") && json_string(out, cap, &at, entry->path) &&
+	     json_raw(out, cap, &at, ",\"route\":") && json_string(out, cap, &at, entry->route) &&
+	     json_raw(out, cap, &at, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.1f",
+		      entry->status, entry->bytes, entry->ms) &&
+	     json_raw(out, cap, &at, ",\"cache\":") && json_string(out, cap, &at, entry->cache) &&
+	     (entry->upstream_status > 0
+		      ? json_raw(out, cap, &at, ",\"upstream_status\":%ld", entry->upstream_status)
+		      : json_raw(out, cap, &at, ",\"upstream_status\":null")) &&
+	     json_raw(out, cap, &at, ",\"export_id\":") &&
+	     json_string(out, cap, &at, entry->export_id) &&
+	     json_raw(out, cap, &at, ",\"wait\":") && json_string(out, cap, &at, entry->wait) &&
+	     json_raw(out, cap, &at, ",\"fanout\":") &&
+	     json_string(out, cap, &at, entry->joined ? "joined" : NULL) &&
+	     json_raw(out, cap, &at, ",\"outcome\":") &&
+	     json_string(out, cap, &at, entry->outcome) && json_raw(out, cap, &at, "}\n");
+	return ok ? at : 0;
+}
+
 void access_log_request(struct access_log *log, const struct access_log_entry *entry)
 {
-	char peer[INET6_ADDRSTRLEN], line[1024];
+	char peer[INET6_ADDRSTRLEN], line[2048];
 	int length;
 
 	if (log == NULL)
 		return;
 	format_peer(entry->peer, peer, sizeof(peer));
+	if (log->json) {
+		size_t n = json_line(entry, peer, line, sizeof(line));
+
+		/* fields are bounded (LOG_PATH_MAX and the like): a line that does not fit
+		 * is not written half, which would not be JSON */
+		if (n > 0)
+			access_log_append(log, line, n);
+		else
+			metrics_access_log_dropped();
+		return;
+	}
 	length = snprintf(line, sizeof(line),
 			  "%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s "
-			  "upstream=%ld export=%s%s%s\n",
+			  "upstream=%ld export=%s%s%s%s%s%s\n",
 			  peer, or_dash(entry->client), or_dash(entry->credential), entry->method,
 			  entry->path, entry->status, entry->bytes, entry->ms,
 			  or_dash(entry->cache), entry->upstream_status, or_dash(entry->export_id),
-			  entry->outcome ? " " : "", entry->outcome ? entry->outcome : "");
+			  entry->wait ? " wait=" : "", entry->wait ? entry->wait : "",
+			  entry->joined ? " joined" : "", entry->outcome ? " " : "",
+			  entry->outcome ? entry->outcome : "");
 	if (length <= 0)
 		return;
 	if ((size_t)length >= sizeof(line)) {

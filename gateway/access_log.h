@@ -21,11 +21,12 @@
 struct access_log;
 
 /*
- * target is "-" (stderr), "off" or a path (opened for appending, created 0640).
+ * target is "-" (stderr), "off" or a path (opened for appending, created 0640);
+ * json: lines are JSON objects (access_log_format = json), else text.
  * Returns 0 with *log set (NULL for "off"), or -1 (logged) when the file cannot
  * be opened or the writer thread cannot start.
  */
-MUST_CHECK int access_log_open(const char *target, struct access_log **log);
+MUST_CHECK int access_log_open(const char *target, int json, struct access_log **log);
 
 /*
  * Writes what is queued and stops the writer: waits up to ACCESS_LOG_FLUSH_MS for
@@ -43,19 +44,24 @@ struct access_log_entry {
 	const char *client;	/* "" when none */
 	const char *credential; /* "" when none */
 	const char *method;
-	const char *path; /* never the query string */
+	const char *path;  /* never the query string */
+	const char *route; /* the endpoint, as the metrics name it */
 	int status;
 	size_t bytes;
 	double ms;
 	const char *cache; /* X-Cache, or NULL */
 	long upstream_status;
 	const char *export_id; /* "" when none */
+	const char *wait;      /* how a wait= hold ended ("final", ...), or NULL */
+	int joined;	       /* a download that shared another's transfer */
 	const char *outcome;   /* who ended it when not the usual way, or NULL */
 };
 
 /*
- * Queues the entry's line: 'PEER client=C credential=K "METHOD PATH" STATUS
- * BYTES MSms cache=X upstream=U export=ID [OUTCOME]'. NULL log: off.
+ * Queues the entry's line. Text: 'PEER client=C credential=K "METHOD PATH" STATUS
+ * BYTES MSms cache=X upstream=U export=ID[ wait=W][ joined][ OUTCOME]'. JSON: one
+ * object with the same fields plus "time" (UTC, ms) and "route"; absent values
+ * are null, every string escaped (valid JSON whatever the bytes). NULL log: off.
  */
 void access_log_request(struct access_log *log, const struct access_log_entry *entry);
 

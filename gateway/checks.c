@@ -29,6 +29,8 @@ enum route checks_route(const struct request_head *head)
 		return ROUTE_EXPORT_DATA;
 	if (strcmp(path, "/healthz") == 0)
 		return ROUTE_HEALTHZ;
+	if (strcmp(path, "/readyz") == 0)
+		return ROUTE_READYZ;
 	if (strcmp(path, "/metrics") == 0)
 		return ROUTE_METRICS;
 	return ROUTE_OTHER;

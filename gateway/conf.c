@@ -43,6 +43,7 @@ static int set_count(struct setting *setting);
 static int set_secret(struct setting *setting);
 static int set_token(struct setting *setting);
 static int set_credential_kind(struct setting *setting);
+static int set_access_log_format(struct setting *setting);
 static int set_credential_names(struct setting *setting);
 static int set_rate(struct setting *setting);
 static int set_scopes(struct setting *setting);
@@ -92,6 +93,7 @@ const struct conf_key conf_keys[] = {
 	GLOBAL("client_timeout", set_duration, client_timeout_ms, 1, HOUR_MS, "30s", 0),
 	GLOBAL("drain_timeout", set_duration, drain_timeout_ms, 0, HOUR_MS, "30s", 0),
 	GLOBAL("access_log", set_path, access_log, 0, 0, "-", 0),
+	GLOBAL("access_log_format", set_access_log_format, access_log_json, 0, 0, "text", 0),
 	GLOBAL("idempotency_ttl", set_duration, idempotency_ttl_ms, 0, 30 * DAY_MS, "24h", 0),
 	GLOBAL("idempotency_max_keys", set_count, idempotency_max_keys, 1, 10000000, "100000", 0),
 	GLOBAL("wait_max", set_duration, wait_max_ms, 0, HOUR_MS, "25s", 0),
@@ -450,6 +452,22 @@ static int set_credential_kind(struct setting *setting)
 		*kind = CONF_CREDENTIAL_OAUTH;
 	} else {
 		snprintf(setting->why, sizeof(setting->why), "must be personal or oauth, not '%s'",
+			 setting->value);
+		return -1;
+	}
+	return 0;
+}
+
+static int set_access_log_format(struct setting *setting)
+{
+	int *json = setting->field;
+
+	if (strcmp(setting->value, "text") == 0) {
+		*json = 0;
+	} else if (strcmp(setting->value, "json") == 0) {
+		*json = 1;
+	} else {
+		snprintf(setting->why, sizeof(setting->why), "must be text or json, not '%s'",
 			 setting->value);
 		return -1;
 	}

@@ -90,7 +90,8 @@ struct conf {
 	int64_t max_downloads;
 	int64_t upstream_max_connections; /* status calls at once; more queue */
 
-	char *access_log; /* "-" (stderr), "off", or a path */
+	char *access_log;    /* "-" (stderr), "off", or a path */
+	int access_log_json; /* access_log_format = json: JSON lines */
 
 	/* fleet mode: unset redis (NULL) is a gateway on its own */
 	char *redis;	  /* normalised: "127.0.0.1:6379", "[::1]:6379", "unix:/path" */

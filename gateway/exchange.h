@@ -94,6 +94,7 @@ struct exchange {
 	int joined;			  /* that transfer was running (or kept) when it came */
 	struct export_call *export_call;  /* POST /export_data's, while it waits */
 	struct status_wait *wait;	  /* a status call that asked to wait (export_status.c) */
+	const char *wait_end;		  /* how its wait ended: "final", "changed", "timeout" */
 	struct redis_command *rate_check; /* fleet mode: the client's bucket, asked (caller.c) */
 	void (*rate_next)(struct exchange *ex, int client);
 	int rate_client;

@@ -74,7 +74,7 @@ static void on_wait_over(const struct cache_answer *answer, enum hold_end end, v
 	struct status_wait *wait = ex->wait;
 	int index;
 
-	(void)end;
+	ex->wait_end = end == HOLD_FINAL ? "final" : end == HOLD_CHANGED ? "changed" : "timeout";
 	wait->hold = NULL;
 	watch_client_stop(ex);
 	if (!wait->q.download || answer->state != ANSWER_COMPLETED) {

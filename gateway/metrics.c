@@ -39,9 +39,6 @@ static struct {
 	uint64_t redis_errors;
 } counters;
 
-static const char *const route_names[ROUTE_COUNT] = {
-	"export_status", "export_data", "healthz", "metrics", "other",
-};
 static const char *const cache_names[METRICS_CACHE_RESULT_COUNT] = {
 	"hit",
 	"miss",
@@ -184,7 +181,7 @@ static int render_requests(struct evbuffer *out)
 					  out,
 					  "gumloop_gateway_requests_total{route=\"%s\",code=\"%d\"}"
 					  " %llu\n",
-					  route_names[route], code,
+					  route_name((enum route)route), code,
 					  (unsigned long long)counters.requests[route][code]) < 0;
 		}
 	}

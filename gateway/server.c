@@ -134,11 +134,11 @@ static void access_log_write(const struct exchange *ex, const char *outcome)
 		.bytes = ex->bytes,
 		.cache = ex->cache_result,
 		.upstream_status = ex->upstream_status,
+		.route = route_name(ex->route),
 		.export_id = ex->export_id,
-		/* a download that shared another's transfer says so */
-		.outcome = outcome != NULL ? outcome
-			   : ex->joined	   ? "joined"
-					   : NULL,
+		.wait = ex->wait_end,
+		.joined = ex->joined,
+		.outcome = outcome,
 	};
 
 	if (ex->server->access_log == NULL)
@@ -355,6 +355,8 @@ void exchange_reply_error(struct exchange *ex, int status, const char *code, con
 }
 
 static const char healthz_body[] = "{\"status\":\"ok\"}";
+static const char ready_body[] = "{\"status\":\"ready\"}";
+static const char draining_body[] = "{\"status\":\"draining\"}";
 
 static const char *const x_cache_names[] = {
 	[CACHE_HIT] = "HIT",
@@ -485,6 +487,18 @@ static void handle_request(struct exchange *ex)
 		reply_refusal(ex, &refusal);
 		return;
 	}
+	/*
+	 * Draining (SIGTERM): the listeners stay open so that /readyz can say 503 to
+	 * the load balancer until the last request in flight is done; new work is
+	 * refused, to be retried on another instance. /healthz and /metrics answer.
+	 */
+	if (ex->server->draining && ex->route != ROUTE_HEALTHZ && ex->route != ROUTE_READYZ &&
+	    ex->route != ROUTE_METRICS) {
+		evhttp_add_header(evhttp_request_get_output_headers(ex->req), "Retry-After", "1");
+		exchange_reply_error(ex, 503, "draining",
+				     "this gateway is shutting down; retry on another instance");
+		return;
+	}
 	switch (ex->route) {
 	case ROUTE_EXPORT_STATUS:
 		export_status_handle(ex);
@@ -495,6 +509,14 @@ static void handle_request(struct exchange *ex)
 	case ROUTE_HEALTHZ:
 		exchange_reply_data(ex, 200, "application/json", healthz_body,
 				    sizeof(healthz_body) - 1);
+		return;
+	case ROUTE_READYZ:
+		if (ex->server->draining)
+			exchange_reply_data(ex, 503, "application/json", draining_body,
+					    sizeof(draining_body) - 1);
+		else
+			exchange_reply_data(ex, 200, "application/json", ready_body,
+					    sizeof(ready_body) - 1);
 		return;
 	case ROUTE_METRICS:
 		handle_metrics(ex);
@@ -591,7 +613,8 @@ static int server_apply(struct server *server, struct conf *conf)
 	struct access_log *access_log = NULL;
 
 	/* Everything that can fail first; listeners_apply changes nothing if it fails. */
-	if (auth == NULL || access_log_open(conf->access_log, &access_log) < 0 ||
+	if (auth == NULL ||
+	    access_log_open(conf->access_log, conf->access_log_json, &access_log) < 0 ||
 	    listeners_apply(server->listeners, conf) < 0)
 		goto fail;
 	/* reopened on every reload, which also serves log rotation */
@@ -662,7 +685,7 @@ int server_reload(struct server *server, struct conf *new_conf)
 
 void server_drain(struct server *server, void (*drained)(void *arg), void *arg)
 {
-	listeners_close(server->listeners);
+	/* the listeners stay open until the drain ends: /readyz says 503 meanwhile */
 	server->draining = 1;
 	server->drained = drained;
 	server->drained_arg = arg;
