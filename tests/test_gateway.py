@@ -467,17 +467,31 @@ class TestSignals(unittest.TestCase):
 
         def slow():
             results["slow"] = gw.request("GET", q("drain;states=IN_PROGRESS;delay=2500"))
+        self.assertEqual(gw.request("GET", "/readyz")[:3:2], (200, b'{"status":"ready"}'))
         thread = threading.Thread(target=slow)
         thread.start()
         time.sleep(0.3)
         gw.signal(signal.SIGTERM)
-        wait_for(lambda: self._refused(gw.port), timeout=2,
-                 what="the listener to close while a request is in flight")
+        # the listener stays open while the request drains: the load balancer
+        # sees /readyz 503, new work is refused to be retried elsewhere
+        wait_for(lambda: gw.request("GET", "/readyz")[0] == 503, timeout=2 * gwtest.SLACK,
+                 what="/readyz 503 while draining")
+        status, headers, body = gw.request("GET", "/readyz")
+        self.assertEqual((headers["content-type"], json.loads(body)),
+                         ("application/json", {"status": "draining"}))
+        self.assertEqual(headers.get("connection"), "close")
+        self.assertEqual(gw.request("GET", "/healthz")[0], 200)
+        status, headers, body = gw.request("GET", q("drain-new;states=REQUESTED"))
+        self.assertEqual((status, json.loads(body)["error"]), (503, "draining"), body)
+        self.assertEqual((headers["retry-after"], headers.get("connection")), ("1", "close"))
+        self.assertEqual(gw.request("GET", "/metrics")[0], 200)
         self.assertNotIn("slow", results)
         thread.join()
         self.assertEqual(results["slow"][0], 200)
         self.assertEqual(json.loads(results["slow"][2])["state"], "IN_PROGRESS")
         self.assertEqual(gw.proc.wait(10), 0)
+        self.assertTrue(self._refused(gw.port), "still accepting after the drain ended")
+        self.assertEqual(state["fake"].stats()["by_id"].get("drain-new;states=REQUESTED"), None)
         gw.stop()
 
     def test_drain_timeout_bounds_the_wait(self):
