@@ -1,0 +1,217 @@
+/*
+ * unit_access_log.c -- access_log.c's lines, written through its writer thread to
+ * a real file: JSON lines parse (cJSON) whatever bytes the fields hold, absent
+ * values are null, a line too long for the buffer is dropped rather than cut
+ * (a cut line would not be JSON), and the text line keeps its shape.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <cmocka.h>
+#include <netinet/in.h>
+
+#include "access_log.h"
+
+static char path[64];
+
+static int setup(void **state)
+{
+	int fd;
+
+	(void)state;
+	snprintf(path, sizeof(path), "/tmp/unit_access_log.XXXXXX");
+	fd = mkstemp(path);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	unlink(path);
+	return 0;
+}
+
+/* Writes entries through a log opened on the file, closes it, returns the file. */
+static char *write_entries(int json, const struct access_log_entry *entries, size_t count)
+{
+	struct access_log *log = NULL;
+	char *text = calloc(1, 65536);
+	FILE *f;
+	size_t i, n;
+
+	assert_non_null(text);
+	assert_int_equal(truncate(path, 0), 0);
+	assert_int_equal(access_log_open(path, json, &log), 0);
+	assert_non_null(log);
+	for (i = 0; i < count; i++)
+		access_log_request(log, &entries[i]);
+	access_log_close(log);
+	f = fopen(path, "r");
+	assert_non_null(f);
+	n = fread(text, 1, 65535, f);
+	fclose(f);
+	text[n] = '\0';
+	return text;
+}
+
+static struct sockaddr_storage peer4(void)
+{
+	struct sockaddr_storage peer;
+	struct sockaddr_in *in = (struct sockaddr_in *)&peer;
+
+	memset(&peer, 0, sizeof(peer));
+	in->sin_family = AF_INET;
+	assert_int_equal(inet_pton(AF_INET, "10.1.2.3", &in->sin_addr), 1);
+	return peer;
+}
+
+static const char *field(const cJSON *object, const char *name)
+{
+	const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, name);
+
+	assert_non_null(item);
+	return cJSON_IsString(item) ? item->valuestring : NULL;
+}
+
+static void test_json_escapes_any_byte(void **state)
+{
+	struct sockaddr_storage peer = peer4();
+	struct access_log_entry entry = {
+		.peer = &peer,
+		.client = "cli\"ent\\",
+		.credential = "",
+		.method = "GET",
+		.path = "/p\x01\x1f\x7f\xff\xc3(",
+		.route = "other",
+		.status = 404,
+		.bytes = 70,
+		.ms = 1.25,
+		.cache = NULL,
+		.upstream_status = 0,
+		.export_id = "id\n\t",
+		.wait = "timeout",
+		.joined = 1,
+		.outcome = "client-closed",
+	};
+	char *text = write_entries(1, &entry, 1);
+	cJSON *object;
+
+	(void)state;
+	assert_non_null(strchr(text, '\n'));
+	assert_ptr_equal(strchr(text, '\n'), text + strlen(text) - 1);
+	object = cJSON_Parse(text);
+	if (object == NULL)
+		fail_msg("not JSON: %s", text);
+	assert_string_equal(field(object, "peer"), "10.1.2.3");
+	assert_string_equal(field(object, "client"), "cli\"ent\\");
+	assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(object, "credential")));
+	/* each byte outside printable ASCII is its Latin-1 code point, in UTF-8 */
+	assert_string_equal(field(object, "path"), "/p\x01\x1f\x7f\xc3\xbf\xc3\x83(");
+	assert_string_equal(field(object, "route"), "other");
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(object, "status")->valueint, 404);
+	assert_int_equal(cJSON_GetObjectItemCaseSensitive(object, "bytes")->valueint, 70);
+	assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(object, "cache")));
+	assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(object, "upstream_status")));
+	assert_string_equal(field(object, "export_id"), "id\n\t");
+	assert_string_equal(field(object, "wait"), "timeout");
+	assert_string_equal(field(object, "fanout"), "joined");
+	assert_string_equal(field(object, "outcome"), "client-closed");
+	assert_non_null(field(object, "time"));
+	assert_int_equal(strlen(field(object, "time")), strlen("2026-12-02T20:29:48.133Z"));
+	/* nothing but escapes and printable ASCII on the line */
+	for (const char *c = text; *c != '\n'; c++)
+		assert_true(*c >= 0x20 && *c < 0x7f);
+	cJSON_Delete(object);
+	free(text);
+}
+
+static void test_json_line_too_long_is_dropped_whole(void **state)
+{
+	struct sockaddr_storage peer = peer4();
+	char *huge = malloc(4000);
+	struct access_log_entry entries[2] = {
+		{ .peer = &peer,
+		  .client = "",
+		  .credential = "",
+		  .method = "GET",
+		  .path = huge,
+		  .route = "other",
+		  .status = 414,
+		  .export_id = "" },
+		{ .peer = &peer,
+		  .client = "",
+		  .credential = "",
+		  .method = "GET",
+		  .path = "/ok",
+		  .route = "other",
+		  .status = 404,
+		  .export_id = "" },
+	};
+	char *text;
+	cJSON *object;
+
+	(void)state;
+	assert_non_null(huge);
+	memset(huge, '"', 3999); /* 7998 bytes escaped */
+	huge[3999] = '\0';
+	text = write_entries(1, entries, 2);
+	object = cJSON_Parse(text);
+	if (object == NULL)
+		fail_msg("not JSON: %s", text);
+	assert_string_equal(field(object, "path"), "/ok");
+	assert_int_equal(strchr(text, '\n') - text + 1, (long)strlen(text));
+	cJSON_Delete(object);
+	free(text);
+	free(huge);
+}
+
+static void test_text_line(void **state)
+{
+	struct sockaddr_storage peer = peer4();
+	struct access_log_entry entry = {
+		.peer = &peer,
+		.client = "reports",
+		.credential = "default",
+		.method = "GET",
+		.path = "/export_status",
+		.route = "export_status",
+		.status = 200,
+		.bytes = 147,
+		.ms = 2.5,
+		.cache = "HIT",
+		.upstream_status = 200,
+		.export_id = "e1",
+		.wait = "final",
+		.joined = 0,
+		.outcome = NULL,
+	};
+	char *text = write_entries(0, &entry, 1);
+
+	(void)state;
+	assert_string_equal(text,
+			    "10.1.2.3 client=reports credential=default \"GET /export_status\" "
+			    "200 147 2.5ms cache=HIT upstream=200 export=e1 wait=final\n");
+	free(text);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_json_escapes_any_byte),
+		cmocka_unit_test(test_json_line_too_long_is_dropped_whole),
+		cmocka_unit_test(test_text_line),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
