@@ -28,6 +28,7 @@
 #include "redis.h"
 #include "metrics.h"
 #include "server.h"
+#include "tls.h"
 
 #define CONF_ERRORS_MAX	       8192
 #define GATEWAY_TRIM_THRESHOLD (2 * 1024 * 1024)
@@ -335,6 +336,16 @@ int main(int argc, char **argv)
 	if (check_only) {
 		char why[256];
 
+		/* the certificate and key as the listeners will load them, not just readable */
+		if (conf->tls_cert != NULL && conf->tls_key != NULL) {
+			SSL_CTX *context = tls_context_new(conf->tls_cert, conf->tls_key);
+
+			if (context == NULL) {
+				conf_free(conf);
+				return 1;
+			}
+			SSL_CTX_free(context);
+		}
 		if (conf->redis != NULL && redis_check(conf, why, sizeof(why)) < 0) {
 			fprintf(stderr, "gumloop-gateway: redis %s does not answer: %s\n",
 				conf->redis, why);

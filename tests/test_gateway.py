@@ -443,6 +443,25 @@ class TestCommandLine(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertIn("TEST_OAUTH_KEY", result.stderr)
 
+    def test_check_loads_the_tls_files(self):
+        key = self.write("check-tls.key", "not a key\n")
+        os.chmod(key, 0o600)
+        settings = base_settings(8080, tls_cert=state["ca"].cert, tls_key=key) + [
+            ("listen", "127.0.0.1:8443 tls")]
+        result = self.run_gateway("-t", "-c", self.write("check-tls.conf", ini(settings,
+                                                                               credentials())),
+                                  env=ENV)
+        self.assertEqual(result.returncode, 1, result.stdout)
+        self.assertNotIn("config ok", result.stdout)
+        self.assertIn(key, result.stderr)
+        with open(state["ca"].key) as src:
+            with open(key, "w") as dst:
+                dst.write(src.read())
+        result = self.run_gateway("-t", "-c", self.write("check-tls.conf", ini(settings,
+                                                                               credentials())),
+                                  env=ENV)
+        self.assertEqual((result.returncode, result.stdout), (0, "config ok\n"), result.stderr)
+
     def test_bad_config_does_not_start(self):
         path = self.write("start-bad.conf", "listen = nowhere\n")
         result = self.run_gateway("-c", path, env=ENV)
