@@ -435,11 +435,13 @@ class Bench:
         """extra: more (key, value) settings for the config. name: its config file
         (TMP/NAME.conf), log and record; give each gateway of a scenario its own."""
         port = free_port(HOST)
-        conf = ini([("listen", "%s:%d" % (HOST, port)),
-                    ("upstream", self.fake.url),
-                    ("upstream_ca", self.ca.ca_cert),
-                    ("cache_pending_ttl", "%ds" % TTL_S),
-                    ("access_log", "off")] + list(extra),
+        settings = dict([("listen", "%s:%d" % (HOST, port)),
+                         ("upstream", self.fake.url),
+                         ("upstream_ca", self.ca.ca_cert),
+                         ("cache_pending_ttl", "%ds" % TTL_S),
+                         ("access_log", "off")])
+        settings.update(extra)  # a key of extra replaces the default
+        conf = ini(list(settings.items()),
                    [("credential default", [("user_id", USER_ID), ("api_key", API_KEY),
                                             ("kind", "personal")])])
         self.configs.append((name + ".conf", conf, "ini"))

@@ -138,7 +138,8 @@ def verify_floor(floor, hit_headers, hit_body):
 def run(bench, args, nofile):
     report = Report("cache")
     direct = bench.start_fake()
-    gateway = bench.start_gateway()
+    extra = list(getattr(args, "gateway_conf", []))  # bench/run --gateway-conf KEY=VALUE
+    gateway = bench.start_gateway(extra)
     nginx = bench.start_nginx(nofile, "nginx-cache.conf.in",
                               {"STALE": "" if args.nginx_use_stale else "#"},
                               label="nginx+stale" if args.nginx_use_stale else "nginx")
@@ -148,7 +149,9 @@ def run(bench, args, nofile):
     log("fake upstream :%d, gateway :%d, nginx :%d, floor :%d"
         % (direct.port, gateway.port, nginx.port, floor.port))
     report.text("Check", verify(bench, [gateway, nginx, direct]) + "\n"
-                + verify_floor(floor, hit_headers, hit_body))
+                + verify_floor(floor, hit_headers, hit_body)
+                + ("\n\nGateway settings from `--gateway-conf`: %s."
+                   % ", ".join("`%s = %s`" % kv for kv in extra) if extra else ""))
     duration = args.duration
 
     # a. warm-cache throughput: the targets interleaved, round after round, so a
