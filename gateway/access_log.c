@@ -1,8 +1,10 @@
 /*
  * access_log.c -- a byte queue between the loop and one writer thread. The loop
- * appends under a mutex (a memcpy); the writer swaps the queue for an empty one
- * and writes it out, at most PIPE_BUF bytes at a time cut at line ends, so lines
- * on a shared pipe (stderr under systemd) are never interleaved with others.
+ * formats a line (plain appends, no printf) and appends it under a mutex (a
+ * memcpy); the writer swaps the queue for its empty spare and writes it out: to a
+ * regular file in one write(), to anything else (a pipe: stderr under systemd) at
+ * most PIPE_BUF bytes at a time cut at line ends, so lines are never interleaved
+ * with others'.
  */
 #include "access_log.h"
 
@@ -10,12 +12,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,23 +28,28 @@ struct access_log {
 	int fd;
 	int json;  /* JSON lines */
 	int owned; /* ours to close (not stderr) */
+	int whole; /* a regular file: a batch goes in one write() */
 	pthread_t writer;
 	pthread_mutex_t lock;
 	pthread_cond_t wake;
 	char *queue; /* ACCESS_LOG_BUFFER_BYTES; lines waiting */
 	size_t queued;
+	char *spare; /* ACCESS_LOG_BUFFER_BYTES; the writer's, swapped with queue */
 	int stopping;
 	int write_failed; /* reported once */
+	/* the loop's: the current second as "time" shows it */
+	time_t second;
+	char second_text[32];
 };
 
-/* Writes all of data, a line-ended piece of at most PIPE_BUF at a time. */
-static int write_lines(int fd, const char *data, size_t length)
+/* Writes all of data; unless whole, a line-ended piece of at most PIPE_BUF at a time. */
+static int write_lines(int fd, int whole, const char *data, size_t length)
 {
 	while (length > 0) {
 		size_t piece = length;
 		ssize_t n;
 
-		if (piece > PIPE_BUF) {
+		if (!whole && piece > PIPE_BUF) {
 			const char *end = memrchr(data, '\n', PIPE_BUF);
 
 			piece = end != NULL ? (size_t)(end - data) + 1 : PIPE_BUF;
@@ -61,16 +68,13 @@ static int write_lines(int fd, const char *data, size_t length)
 static void *writer_main(void *arg)
 {
 	struct access_log *log = arg;
-	char *batch = malloc(ACCESS_LOG_BUFFER_BYTES);
 	int stopping = 0, failed;
 
 	/* cancellable only inside write(), never holding the lock */
 	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
-	if (batch == NULL)
-		return NULL;
-	pthread_cleanup_push(free, batch);
 	while (!stopping) {
 		struct timespec until;
+		char *batch;
 		size_t length;
 
 		clock_gettime(CLOCK_REALTIME, &until);
@@ -80,7 +84,9 @@ static void *writer_main(void *arg)
 		       pthread_cond_timedwait(&log->wake, &log->lock, &until) == 0)
 			;
 		length = log->queued;
-		memcpy(batch, log->queue, length);
+		batch = log->queue;
+		log->queue = log->spare;
+		log->spare = batch;
 		log->queued = 0;
 		stopping = log->stopping;
 		pthread_mutex_unlock(&log->lock);
@@ -88,28 +94,30 @@ static void *writer_main(void *arg)
 		if (length == 0)
 			continue;
 		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
-		failed = write_lines(log->fd, batch, length) < 0;
+		failed = write_lines(log->fd, log->whole, batch, length) < 0;
 		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
 		if (failed && !log->write_failed) {
 			log->write_failed = 1;
 			log_warn("access log: write failed: %s; lines are lost", strerror(errno));
 		}
 	}
-	pthread_cleanup_pop(1);
 	return NULL;
 }
 
 int access_log_open(const char *target, int json, struct access_log **out)
 {
 	struct access_log *log;
+	struct stat st;
 
 	*out = NULL;
 	if (strcmp(target, "off") == 0)
 		return 0;
 	log = calloc(1, sizeof(*log));
-	if (log == NULL || (log->queue = malloc(ACCESS_LOG_BUFFER_BYTES)) == NULL)
+	if (log == NULL || (log->queue = malloc(ACCESS_LOG_BUFFER_BYTES)) == NULL ||
+	    (log->spare = malloc(ACCESS_LOG_BUFFER_BYTES)) == NULL)
 		goto fail;
 	log->json = json;
+	log->second = (time_t)-1;
 	if (strcmp(target, "-") == 0) {
 		log->fd = STDERR_FILENO;
 	} else {
@@ -120,6 +128,7 @@ int access_log_open(const char *target, int json, struct access_log **out)
 		}
 		log->owned = 1;
 	}
+	log->whole = fstat(log->fd, &st) == 0 && S_ISREG(st.st_mode);
 	if (pthread_mutex_init(&log->lock, NULL) != 0)
 		goto fail;
 	if (pthread_cond_init(&log->wake, NULL) != 0) {
@@ -137,8 +146,10 @@ int access_log_open(const char *target, int json, struct access_log **out)
 fail:
 	if (log != NULL && log->owned)
 		close(log->fd);
-	if (log != NULL)
+	if (log != NULL) {
 		free(log->queue);
+		free(log->spare);
+	}
 	free(log);
 	return -1;
 }
@@ -186,6 +197,7 @@ void access_log_close(struct access_log *log)
 	if (log->owned && close(log->fd) != 0)
 		log_warn("access log: close: %s", strerror(errno));
 	free(log->queue);
+	free(log->spare);
 	free(log);
 }
 
@@ -201,144 +213,232 @@ static void format_peer(const struct sockaddr_storage *peer, char *out, size_t c
 		snprintf(out, cap, "?");
 }
 
+/* A line being built: an append past cap fills it up to cap and sets full. */
+struct line {
+	char *out;
+	size_t cap, at;
+	int full;
+};
+
+static void put(struct line *l, const char *text, size_t length)
+{
+	if (length > l->cap - l->at) {
+		length = l->cap - l->at;
+		l->full = 1;
+	}
+	memcpy(l->out + l->at, text, length);
+	l->at += length;
+}
+
+static void put_str(struct line *l, const char *text)
+{
+	put(l, text != NULL ? text : "-", text != NULL ? strlen(text) : 1);
+}
+
+static void put_number(struct line *l, unsigned long long value, int negative)
+{
+	char digits[24];
+	size_t at = sizeof(digits);
+
+	do {
+		digits[--at] = (char)('0' + value % 10);
+		value /= 10;
+	} while (value > 0);
+	if (negative)
+		digits[--at] = '-';
+	put(l, digits + at, sizeof(digits) - at);
+}
+
+static void put_long(struct line *l, long value)
+{
+	put_number(l, value < 0 ? 0ULL - (unsigned long long)value : (unsigned long long)value,
+		   value < 0);
+}
+
+/* Milliseconds with one decimal, as %.1f would (rounded half up; never negative). */
+static void put_ms(struct line *l, double ms)
+{
+	unsigned long long tenths = ms > 0 ? (unsigned long long)(ms * 10 + 0.5) : 0;
+	char decimal[2] = { '.', (char)('0' + tenths % 10) };
+
+	put_number(l, tenths / 10, 0);
+	put(l, decimal, sizeof(decimal));
+}
+
+/* text as a JSON string (quoted), or null when absent or empty. */
+static void put_json_string(struct line *l, const char *text)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *c, *run;
+
+	if (text == NULL || text[0] == '\0') {
+		put(l, "null", 4);
+		return;
+	}
+	put(l, "\"", 1);
+	for (run = c = (const unsigned char *)text; *c != '\0'; c++) {
+		char escape[6];
+
+		if (*c >= 0x20 && *c < 0x7f && *c != '"' && *c != '\\')
+			continue;
+		put(l, (const char *)run, (size_t)(c - run));
+		run = c + 1;
+		if (*c == '"' || *c == '\\') {
+			escape[0] = '\\';
+			escape[1] = (char)*c;
+			put(l, escape, 2);
+		} else {
+			/* any other byte as its Latin-1 code point: valid JSON for any input */
+			memcpy(escape, "\\u00", 4);
+			escape[4] = hex[*c >> 4];
+			escape[5] = hex[*c & 15];
+			put(l, escape, 6);
+		}
+	}
+	put(l, (const char *)run, (size_t)(c - run));
+	put(l, "\"", 1);
+}
+
+/* "time": UTC with milliseconds; the second's text is kept from line to line. */
+static void put_time(struct access_log *log, struct line *l)
+{
+	struct timespec now;
+	struct tm tm;
+	char millis[7];
+	long ms;
+
+	if (clock_gettime(CLOCK_REALTIME, &now) != 0) {
+		put(l, "\"?\"", 3);
+		return;
+	}
+	if (now.tv_sec != log->second) {
+		if (gmtime_r(&now.tv_sec, &tm) == NULL ||
+		    strftime(log->second_text, sizeof(log->second_text), "%Y-%m-%dT%H:%M:%S",
+			     &tm) == 0) {
+			put(l, "\"?\"", 3);
+			return;
+		}
+		log->second = now.tv_sec;
+	}
+	ms = now.tv_nsec / 1000000;
+	millis[0] = '.';
+	millis[1] = (char)('0' + ms / 100);
+	millis[2] = (char)('0' + ms / 10 % 10);
+	millis[3] = (char)('0' + ms % 10);
+	millis[4] = 'Z';
+	millis[5] = '"';
+	put(l, "\"", 1);
+	put_str(l, log->second_text);
+	put(l, millis, 6);
+}
+
+#define PUT_LITERAL(l, text) put((l), (text), sizeof(text) - 1)
+
+/* The entry as one JSON object and a newline; full when it does not fit. */
+static void json_line(struct access_log *log, const struct access_log_entry *entry,
+		      const char *peer, struct line *l)
+{
+	PUT_LITERAL(l, "{\"time\":");
+	put_time(log, l);
+	PUT_LITERAL(l, ",\"peer\":");
+	put_json_string(l, peer);
+	PUT_LITERAL(l, ",\"client\":");
+	put_json_string(l, entry->client);
+	PUT_LITERAL(l, ",\"credential\":");
+	put_json_string(l, entry->credential);
+	PUT_LITERAL(l, ",\"method\":");
+	put_json_string(l, entry->method);
+	PUT_LITERAL(l, ",\"path\":");
+	put_json_string(l, entry->path);
+	PUT_LITERAL(l, ",\"route\":");
+	put_json_string(l, entry->route);
+	PUT_LITERAL(l, ",\"status\":");
+	put_long(l, entry->status);
+	PUT_LITERAL(l, ",\"bytes\":");
+	put_number(l, entry->bytes, 0);
+	PUT_LITERAL(l, ",\"duration_ms\":");
+	put_ms(l, entry->ms);
+	PUT_LITERAL(l, ",\"cache\":");
+	put_json_string(l, entry->cache);
+	PUT_LITERAL(l, ",\"upstream_status\":");
+	if (entry->upstream_status > 0)
+		put_long(l, entry->upstream_status);
+	else
+		PUT_LITERAL(l, "null");
+	PUT_LITERAL(l, ",\"export_id\":");
+	put_json_string(l, entry->export_id);
+	PUT_LITERAL(l, ",\"wait\":");
+	put_json_string(l, entry->wait);
+	PUT_LITERAL(l, ",\"fanout\":");
+	put_json_string(l, entry->joined ? "joined" : NULL);
+	PUT_LITERAL(l, ",\"outcome\":");
+	put_json_string(l, entry->outcome);
+	PUT_LITERAL(l, "}\n");
+}
+
 static const char *or_dash(const char *text)
 {
 	return text != NULL && text[0] != '\0' ? text : "-";
 }
 
-/* Appends text as a JSON string (quoted), or null; false when out of room. */
-static int json_string(char *out, size_t cap, size_t *at, const char *text)
+/* 'PEER client=C credential=K "METHOD PATH" STATUS BYTES MSms cache=X upstream=U
+ * export=ID[ wait=W][ joined][ OUTCOME]' and a newline; full when cut short. */
+static void text_line(const struct access_log_entry *entry, const char *peer, struct line *l)
 {
-	static const char hex[] = "0123456789abcdef";
-	const unsigned char *c;
-
-	if (text == NULL || text[0] == '\0') {
-		if (*at + 4 >= cap)
-			return 0;
-		memcpy(out + *at, "null", 4);
-		*at += 4;
-		return 1;
+	put_str(l, peer);
+	PUT_LITERAL(l, " client=");
+	put_str(l, or_dash(entry->client));
+	PUT_LITERAL(l, " credential=");
+	put_str(l, or_dash(entry->credential));
+	PUT_LITERAL(l, " \"");
+	put_str(l, entry->method);
+	PUT_LITERAL(l, " ");
+	put_str(l, entry->path);
+	PUT_LITERAL(l, "\" ");
+	put_long(l, entry->status);
+	PUT_LITERAL(l, " ");
+	put_number(l, entry->bytes, 0);
+	PUT_LITERAL(l, " ");
+	put_ms(l, entry->ms);
+	PUT_LITERAL(l, "ms cache=");
+	put_str(l, or_dash(entry->cache));
+	PUT_LITERAL(l, " upstream=");
+	put_long(l, entry->upstream_status);
+	PUT_LITERAL(l, " export=");
+	put_str(l, or_dash(entry->export_id));
+	if (entry->wait != NULL) {
+		PUT_LITERAL(l, " wait=");
+		put_str(l, entry->wait);
 	}
-	if (*at + 1 >= cap)
-		return 0;
-	out[(*at)++] = '"';
-	for (c = (const unsigned char *)text; *c != '\0'; c++) {
-		if (*at + 7 >= cap)
-			return 0;
-		if (*c == '"' || *c == '\\') {
-			out[(*at)++] = '\\';
-			out[(*at)++] = (char)*c;
-		} else if (*c < 0x20 || *c >= 0x7f) {
-			/* any other byte as its Latin-1 code point: valid JSON for any input */
-			memcpy(out + *at, "\\u00", 4);
-			out[*at + 4] = hex[*c >> 4];
-			out[*at + 5] = hex[*c & 15];
-			*at += 6;
-		} else {
-			out[(*at)++] = (char)*c;
-		}
+	if (entry->joined)
+		PUT_LITERAL(l, " joined");
+	if (entry->outcome != NULL) {
+		PUT_LITERAL(l, " ");
+		put_str(l, entry->outcome);
 	}
-	out[(*at)++] = '"';
-	return 1;
-}
-
-/* Appends printf output; false when out of room. */
-static int json_raw(char *out, size_t cap, size_t *at, const char *format, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int json_raw(char *out, size_t cap, size_t *at, const char *format, ...)
-{
-	va_list args;
-	int n;
-
-	va_start(args, format);
-	n = vsnprintf(out + *at, cap - *at, format, args);
-	va_end(args);
-	if (n < 0 || (size_t)n >= cap - *at)
-		return 0;
-	*at += (size_t)n;
-	return 1;
-}
-
-static void now_utc(char *out, size_t cap)
-{
-	struct timespec now;
-	struct tm tm;
-
-	if (clock_gettime(CLOCK_REALTIME, &now) != 0 || gmtime_r(&now.tv_sec, &tm) == NULL ||
-	    strftime(out, cap, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
-		snprintf(out, cap, "?");
-		return;
-	}
-	snprintf(out + strlen(out), cap - strlen(out), ".%03ldZ", now.tv_nsec / 1000000);
-}
-
-/* The entry as one JSON object and a newline; 0 when it does not fit in cap. */
-static size_t json_line(const struct access_log_entry *entry, const char *peer, char *out,
-			size_t cap)
-{
-	char time[40];
-	size_t at = 0;
-	int ok;
-
-	now_utc(time, sizeof(time));
-	ok = json_raw(out, cap, &at, "{\"time\":") && json_string(out, cap, &at, time) &&
-	     json_raw(out, cap, &at, ",\"peer\":") && json_string(out, cap, &at, peer) &&
-	     json_raw(out, cap, &at, ",\"client\":") && json_string(out, cap, &at, entry->client) &&
-	     json_raw(out, cap, &at, ",\"credential\":") &&
-	     json_string(out, cap, &at, entry->credential) &&
-	     json_raw(out, cap, &at, ",\"method\":") && json_string(out, cap, &at, entry->method) &&
-	     json_raw(out, cap, &at, ",\"path\":") && json_string(out, cap, &at, entry->path) &&
-	     json_raw(out, cap, &at, ",\"route\":") && json_string(out, cap, &at, entry->route) &&
-	     json_raw(out, cap, &at, ",\"status\":%d,\"bytes\":%zu,\"duration_ms\":%.1f",
-		      entry->status, entry->bytes, entry->ms) &&
-	     json_raw(out, cap, &at, ",\"cache\":") && json_string(out, cap, &at, entry->cache) &&
-	     (entry->upstream_status > 0
-		      ? json_raw(out, cap, &at, ",\"upstream_status\":%ld", entry->upstream_status)
-		      : json_raw(out, cap, &at, ",\"upstream_status\":null")) &&
-	     json_raw(out, cap, &at, ",\"export_id\":") &&
-	     json_string(out, cap, &at, entry->export_id) &&
-	     json_raw(out, cap, &at, ",\"wait\":") && json_string(out, cap, &at, entry->wait) &&
-	     json_raw(out, cap, &at, ",\"fanout\":") &&
-	     json_string(out, cap, &at, entry->joined ? "joined" : NULL) &&
-	     json_raw(out, cap, &at, ",\"outcome\":") &&
-	     json_string(out, cap, &at, entry->outcome) && json_raw(out, cap, &at, "}\n");
-	return ok ? at : 0;
+	PUT_LITERAL(l, "\n");
 }
 
 void access_log_request(struct access_log *log, const struct access_log_entry *entry)
 {
-	char peer[INET6_ADDRSTRLEN], line[2048];
-	int length;
+	char peer[INET6_ADDRSTRLEN], out[2048];
+	struct line l = { .out = out, .cap = sizeof(out) };
 
 	if (log == NULL)
 		return;
 	format_peer(entry->peer, peer, sizeof(peer));
 	if (log->json) {
-		size_t n = json_line(entry, peer, line, sizeof(line));
-
+		json_line(log, entry, peer, &l);
 		/* fields are bounded (LOG_PATH_MAX and the like): a line that does not fit
 		 * is not written half, which would not be JSON */
-		if (n > 0)
-			access_log_append(log, line, n);
-		else
+		if (l.full)
 			metrics_access_log_dropped();
+		else
+			access_log_append(log, out, l.at);
 		return;
 	}
-	length = snprintf(line, sizeof(line),
-			  "%s client=%s credential=%s \"%s %s\" %d %zu %.1fms cache=%s "
-			  "upstream=%ld export=%s%s%s%s%s%s\n",
-			  peer, or_dash(entry->client), or_dash(entry->credential), entry->method,
-			  entry->path, entry->status, entry->bytes, entry->ms,
-			  or_dash(entry->cache), entry->upstream_status, or_dash(entry->export_id),
-			  entry->wait ? " wait=" : "", entry->wait ? entry->wait : "",
-			  entry->joined ? " joined" : "", entry->outcome ? " " : "",
-			  entry->outcome ? entry->outcome : "");
-	if (length <= 0)
-		return;
-	if ((size_t)length >= sizeof(line)) {
-		length = sizeof(line) - 1;
-		line[length - 1] = '\n';
-	}
-	access_log_append(log, line, (size_t)length);
+	text_line(entry, peer, &l);
+	if (l.full) /* a text line is cut rather than lost */
+		out[l.at - 1] = '\n';
+	access_log_append(log, out, l.at);
 }
