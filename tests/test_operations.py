@@ -91,6 +91,28 @@ class TestJsonAccessLog(unittest.TestCase):
     def tearDownClass(cls):
         assert cls.gw.stop() == 0, cls.gw.logs()
 
+    marks = 0
+
+    def mark(self):
+        """The number of lines in the log through a marker request's. Lines are
+        queued in the order requests end and reach the file up to a flush later,
+        so counting the file's lines would miss what is still queued; every line
+        before the marker's is of a request that ended before it."""
+        type(self).marks += 1
+        marker = "/mark-%d" % self.marks
+        status = self.gw.request("GET", marker)[0]
+        self.assertEqual(status, 404)
+        through = []
+
+        def seen():
+            with open(self.log_path, "rb") as f:
+                lines = f.read().splitlines()
+            found = [i for i, raw in enumerate(lines) if marker.encode() + b'"' in raw]
+            through[:] = [found[0] + 1] if found else []
+            return bool(found)
+        wait_for(seen, timeout=5 * gwtest.SLACK, what="the marker's access log line")
+        return through[0]
+
     def lines(self, count_at_least):
         """Every line of the log once there are count_at_least, each parsed."""
         def enough():
@@ -110,8 +132,7 @@ class TestJsonAccessLog(unittest.TestCase):
 
     def test_lines_are_json_for_hostile_bytes_without_queries_or_secrets(self):
         port = self.gw.port
-        with open(self.log_path, "rb") as f:
-            before = f.read().count(b"\n")
+        before = self.mark()
         hostile_id = "j1\"\\;states=IN_PROGRESS"
         status, headers, body = self.gw.request("GET", q(hostile_id) + "&secret=query-value",
                                                 AUTH)
@@ -156,8 +177,7 @@ class TestJsonAccessLog(unittest.TestCase):
         self.assertEqual(held[-1]["wait"], "final", held)
 
     def test_a_download_that_joined_says_so(self):
-        with open(self.log_path, "rb") as f:
-            before = f.read().count(b"\n")
+        before = self.mark()
         export_id = "j3;states=COMPLETED;csv=%d;throttle=%d" % (4 << 20, 4 << 20)  # about a second
         results = []
 
