@@ -70,7 +70,7 @@ static int write_lines(int fd, int whole, const char *data, size_t length)
  * log's. The handler is there for how the thread unwinds: with a cleanup buffer,
  * glibc unwinds a C thread by longjmp, which ASan sees and unpoisons the stack
  * for; without one it is a forced unwind ASan does not see, and it reports the
- * stack's stale redzones when the cancelled thread exits.
+ * stack's stale redzones when the cancelled thread exits (google/sanitizers#1399).
  */
 static void writer_cancelled(void *arg)
 {
