@@ -614,20 +614,22 @@ class TestPooledConnections(unittest.TestCase):
 
 def established_to(port):
     """Established TCP connections from anywhere to 127.0.0.1:port (both directions
-    show; count the client side: remote port == port)."""
-    count = 0
+    show; count the client side: remote port == port). Counted by (local, remote)
+    address: the kernel writes the file a chunk per read, and a socket that moves
+    in its table between two chunks can be listed twice."""
+    seen = set()
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    remote, status = fields[2], fields[3]
+                    local, remote, status = fields[1], fields[2], fields[3]
                     if status == "01" and int(remote.split(":")[1], 16) == port:
-                        count += 1
+                        seen.add((path, local, remote))
         except FileNotFoundError:
             pass
-    return count
+    return len(seen)
 
 
 class TestUpstreamConnectionCap(unittest.TestCase):
