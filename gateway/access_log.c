@@ -348,45 +348,41 @@ static void put_time(struct access_log *log, struct line *l)
 
 #define PUT_LITERAL(l, text) put((l), (text), sizeof(text) - 1)
 
+/* ,"NAME":VALUE, VALUE as a JSON string (or null). */
+#define PUT_JSON_FIELD(l, name, value)                                                             \
+	do {                                                                                       \
+		PUT_LITERAL(l, ",\"" name "\":");                                                  \
+		put_json_string(l, value);                                                         \
+	} while (0)
+
 /* The entry as one JSON object and a newline; full when it does not fit. */
 static void json_line(struct access_log *log, const struct access_log_entry *entry,
 		      const char *peer, struct line *l)
 {
 	PUT_LITERAL(l, "{\"time\":");
 	put_time(log, l);
-	PUT_LITERAL(l, ",\"peer\":");
-	put_json_string(l, peer);
-	PUT_LITERAL(l, ",\"client\":");
-	put_json_string(l, entry->client);
-	PUT_LITERAL(l, ",\"credential\":");
-	put_json_string(l, entry->credential);
-	PUT_LITERAL(l, ",\"method\":");
-	put_json_string(l, entry->method);
-	PUT_LITERAL(l, ",\"path\":");
-	put_json_string(l, entry->path);
-	PUT_LITERAL(l, ",\"route\":");
-	put_json_string(l, entry->route);
+	PUT_JSON_FIELD(l, "peer", peer);
+	PUT_JSON_FIELD(l, "client", entry->client);
+	PUT_JSON_FIELD(l, "credential", entry->credential);
+	PUT_JSON_FIELD(l, "method", entry->method);
+	PUT_JSON_FIELD(l, "path", entry->path);
+	PUT_JSON_FIELD(l, "route", entry->route);
 	PUT_LITERAL(l, ",\"status\":");
 	put_long(l, entry->status);
 	PUT_LITERAL(l, ",\"bytes\":");
 	put_number(l, entry->bytes, 0);
 	PUT_LITERAL(l, ",\"duration_ms\":");
 	put_ms(l, entry->ms);
-	PUT_LITERAL(l, ",\"cache\":");
-	put_json_string(l, entry->cache);
+	PUT_JSON_FIELD(l, "cache", entry->cache);
 	PUT_LITERAL(l, ",\"upstream_status\":");
 	if (entry->upstream_status > 0)
 		put_long(l, entry->upstream_status);
 	else
 		PUT_LITERAL(l, "null");
-	PUT_LITERAL(l, ",\"export_id\":");
-	put_json_string(l, entry->export_id);
-	PUT_LITERAL(l, ",\"wait\":");
-	put_json_string(l, entry->wait);
-	PUT_LITERAL(l, ",\"fanout\":");
-	put_json_string(l, entry->joined ? "joined" : NULL);
-	PUT_LITERAL(l, ",\"outcome\":");
-	put_json_string(l, entry->outcome);
+	PUT_JSON_FIELD(l, "export_id", entry->export_id);
+	PUT_JSON_FIELD(l, "wait", entry->wait);
+	PUT_JSON_FIELD(l, "fanout", entry->joined ? "joined" : NULL);
+	PUT_JSON_FIELD(l, "outcome", entry->outcome);
 	PUT_LITERAL(l, "}\n");
 }
 

@@ -78,6 +78,20 @@ static struct sockaddr_storage peer4(void)
 	return peer;
 }
 
+/* A request with only what every line needs; callers set the rest. */
+static struct access_log_entry plain_entry(const struct sockaddr_storage *peer, const char *target,
+					   int status)
+{
+	return (struct access_log_entry){ .peer = peer,
+					  .client = "",
+					  .credential = "",
+					  .method = "GET",
+					  .path = target,
+					  .route = "other",
+					  .status = status,
+					  .export_id = "" };
+}
+
 static const char *field(const cJSON *object, const char *name)
 {
 	const cJSON *item = cJSON_GetObjectItemCaseSensitive(object, name);
@@ -142,24 +156,8 @@ static void test_json_line_too_long_is_dropped_whole(void **state)
 {
 	struct sockaddr_storage peer = peer4();
 	char *huge = malloc(4000);
-	struct access_log_entry entries[2] = {
-		{ .peer = &peer,
-		  .client = "",
-		  .credential = "",
-		  .method = "GET",
-		  .path = huge,
-		  .route = "other",
-		  .status = 414,
-		  .export_id = "" },
-		{ .peer = &peer,
-		  .client = "",
-		  .credential = "",
-		  .method = "GET",
-		  .path = "/ok",
-		  .route = "other",
-		  .status = 404,
-		  .export_id = "" },
-	};
+	struct access_log_entry entries[2] = { plain_entry(&peer, huge, 414),
+					       plain_entry(&peer, "/ok", 404) };
 	char *text;
 	cJSON *object;
 
@@ -223,16 +221,10 @@ static void test_text_durations(void **state)
 	size_t i;
 
 	(void)state;
-	for (i = 0; i < 6; i++)
-		entries[i] = (struct access_log_entry){ .peer = &peer,
-							.client = "",
-							.credential = "",
-							.method = "GET",
-							.path = "/x",
-							.route = "other",
-							.status = 200,
-							.ms = cases[i].ms,
-							.export_id = "" };
+	for (i = 0; i < 6; i++) {
+		entries[i] = plain_entry(&peer, "/x", 200);
+		entries[i].ms = cases[i].ms;
+	}
 	text = write_entries(0, entries, 6);
 	line = text;
 	for (i = 0; i < 6; i++) {
@@ -253,24 +245,8 @@ static void test_text_line_cut_keeps_newline(void **state)
 {
 	struct sockaddr_storage peer = peer4();
 	char *huge = malloc(4000);
-	struct access_log_entry entries[2] = {
-		{ .peer = &peer,
-		  .client = "",
-		  .credential = "",
-		  .method = "GET",
-		  .path = huge,
-		  .route = "other",
-		  .status = 414,
-		  .export_id = "" },
-		{ .peer = &peer,
-		  .client = "",
-		  .credential = "",
-		  .method = "GET",
-		  .path = "/ok",
-		  .route = "other",
-		  .status = 404,
-		  .export_id = "" },
-	};
+	struct access_log_entry entries[2] = { plain_entry(&peer, huge, 414),
+					       plain_entry(&peer, "/ok", 404) };
 	char *text, *second;
 
 	(void)state;
